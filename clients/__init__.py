@@ -1,0 +1,5 @@
+"""Thin Triton clients (gRPC, and an HTTP twin) used by the CLI, the UI and the benchmarks."""
+
+from clients.triton import Stage1Output, TritonClient, connect
+
+__all__ = ["Stage1Output", "TritonClient", "connect"]

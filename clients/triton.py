@@ -1,0 +1,109 @@
+"""One client over tritonclient's gRPC or HTTP module: the two share the same call shapes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from portrait.errors import InvalidInput, PortraitError, ServerError
+from portrait.params import Stage1Params
+
+# Triton datatype of each stage1 field (the config.pbtxt is the contract; this mirrors it)
+STAGE1_TYPES = {
+    "prompt": "BYTES", "negative_prompt": "BYTES", "width": "INT32", "height": "INT32", "steps": "INT32",
+    "guidance_scale": "FP32", "guidance_cutoff": "FP32", "seed": "INT64", "batch_size": "INT32",
+}
+NUMPY_TYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+
+
+@dataclass(frozen=True)
+class Stage1Output:
+    images: np.ndarray  # [B, H, W, 3] uint8
+    seeds: list[int]
+    truncated_tokens: int
+
+
+def translate_error(error: Exception) -> PortraitError:
+    """InferenceServerException -> InvalidInput (field named by the server) or ServerError."""
+    status, message = str(getattr(error, "status", lambda: "")() or ""), getattr(error, "message", lambda: str(error))()
+    message = message or str(error)
+    if "INVALID_ARG" in status or status == "400" or "INVALID_ARGUMENT" in status:
+        match = re.match(r"(?:\[\w+\]\s*)?([A-Za-z_]+): (.*)", message, re.S)
+        field, text = (match.group(1), match.group(2)) if match else ("request", message)
+        return InvalidInput(field, text)
+    return ServerError(f"{status or 'error'}: {message}".strip())
+
+
+def encode_value(datatype: str, value) -> np.ndarray:
+    if datatype == "BYTES":
+        return np.array([value.encode("utf-8")], dtype=np.object_)
+    return np.array([value], dtype=NUMPY_TYPES[datatype])
+
+
+class TritonClient:
+    """Calls the portrait models on one server; `protocol` is "grpc" or "http"."""
+
+    def __init__(self, url: str, protocol: str = "grpc", timeout: float = 600.0):
+        if protocol == "grpc":
+            import tritonclient.grpc as module
+        elif protocol == "http":
+            import tritonclient.http as module
+        else:
+            raise ValueError(f"protocol must be grpc or http, got {protocol!r}")
+        self.module, self.protocol, self.url, self.timeout = module, protocol, url, timeout
+        kwargs = {"network_timeout": timeout, "connection_timeout": timeout} if protocol == "http" else {}
+        self.client = module.InferenceServerClient(url, **kwargs)
+
+    def is_ready(self) -> bool:
+        try:
+            return bool(self.client.is_server_ready())
+        except Exception:
+            return False
+
+    def infer(self, model: str, arrays: dict[str, tuple[str, np.ndarray]], outputs: list[str]) -> dict[str, np.ndarray]:
+        """Raw call: `arrays` maps input name -> (Triton datatype, array)."""
+        inputs = []
+        for name, (datatype, array) in arrays.items():
+            tensor = self.module.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        requested = [self.module.InferRequestedOutput(n) for n in outputs]
+        kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+        try:
+            result = self.client.infer(model, inputs, outputs=requested, **kwargs)
+        except Exception as error:
+            if type(error).__name__ == "InferenceServerException":
+                raise translate_error(error) from None
+            raise ServerError(f"{type(error).__name__}: {error}") from None
+        return {n: result.as_numpy(n) for n in outputs}
+
+    def stage1(self, params: Stage1Params) -> Stage1Output:
+        """Text-to-image; validated here first so bad values fail before any network round trip."""
+        arrays = {name: (dt, encode_value(dt, getattr(params, name))) for name, dt in STAGE1_TYPES.items()}
+        out = self.infer("stage1", arrays, ["images", "seeds", "truncated_tokens"])
+        return Stage1Output(out["images"], [int(s) for s in out["seeds"]], int(out["truncated_tokens"][0]))
+
+    def model_statistics(self, model: str) -> dict:
+        """Triton's inference statistics for one model as a plain dict (both protocols)."""
+        if self.protocol == "grpc":
+            from google.protobuf.json_format import MessageToDict
+
+            stats = MessageToDict(self.client.get_inference_statistics(model), preserving_proto_field_name=True)
+        else:
+            stats = self.client.get_inference_statistics(model)
+        return stats["model_stats"][0]
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def connect(url: str, protocol: str = "grpc", timeout: float = 600.0) -> TritonClient:
+    return TritonClient(url, protocol, timeout)

@@ -1,0 +1,72 @@
+import os, sys  # noqa: E401  (the stub ignores PYTHONPATH; `portrait serve` passes the paths here)
+sys.path[:0] = [p for p in os.environ.get("PORTRAIT_PYTHONPATH", "").split(os.pathsep) if p]
+
+import asyncio  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from portrait import triton_io as io  # noqa: E402
+from portrait.checkpoint import read_sdxl_info  # noqa: E402
+from portrait.conditioning import sdxl_time_ids  # noqa: E402
+from portrait.denoise import Conditioning, UNetCall, denoise_steps  # noqa: E402
+from portrait.errors import Cancelled, InvalidInput  # noqa: E402
+from portrait.guidance import guided_steps  # noqa: E402
+from portrait.noise import initial_noise  # noqa: E402
+from portrait.params import DenoiseParams  # noqa: E402
+from portrait.schedules import make_scheduler  # noqa: E402
+from portrait.torch_models import torch_setup  # noqa: E402
+
+pb = io.pb_utils
+EMBEDS = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        settings = torch_setup(threads=1)  # only small tensor ops here; the UNet has the cores
+        self.info = read_sdxl_info(settings.sdxl_dir)
+
+    async def execute(self, requests):
+        await asyncio.gather(*(self.run(r) for r in requests))
+
+    def decode(self, request) -> tuple[DenoiseParams, Conditioning]:
+        scalars = {k: io.get_scalar(request, k) for k in ("height", "width", "steps", "guidance_scale", "guidance_cutoff")}
+        params = DenoiseParams(seeds=tuple(int(s) for s in io.get_array(request, "seeds")), **scalars)
+        embeds = [torch.from_numpy(io.get_array(request, k).copy()) for k in EMBEDS]
+        for name, e in zip(EMBEDS, embeds):
+            if e.shape[0] != len(params.seeds):
+                raise InvalidInput(name, f"needs one row per seed ({len(params.seeds)}), got {e.shape[0]}")
+        time_ids = sdxl_time_ids(params.height, params.width).expand(len(params.seeds), 6)
+        return params, Conditioning(embeds[0], embeds[1], embeds[2], embeds[3], time_ids)
+
+    async def predict(self, call: UNetCall) -> torch.Tensor:
+        inputs = {"sample": call.sample, "timestep": call.timestep.reshape(-1, 1), "encoder_hidden_states": call.encoder_hidden_states,
+                  "text_embeds": call.text_embeds, "time_ids": call.time_ids}
+        request = io.bls_request("unet", {k: v.numpy().astype(np.float32) for k, v in inputs.items()}, ["noise_pred"])
+        return torch.from_numpy(io.read_response(await request.async_exec(), ["noise_pred"])["noise_pred"])
+
+    async def run(self, request):
+        sender = request.get_response_sender()
+        try:
+            params, cond = self.decode(request)
+            f = self.info.vae_scale_factor
+            noise = initial_noise(list(params.seeds), (self.info.latent_channels, params.height // f, params.width // f))
+            scheduler = make_scheduler(self.info.scheduler_config, params.steps)
+            guided = guided_steps(params.steps, params.guidance_scale, params.guidance_cutoff)
+            steps = denoise_steps(scheduler, noise, cond, guided, params.guidance_scale)
+            call = next(steps)
+            while True:
+                if request.is_cancelled():
+                    raise Cancelled(f"cancelled by the client at step {call.step} of {call.num_steps}")
+                noise_pred = await self.predict(call)
+                sender.send(pb.InferenceResponse([io.tensor("step", np.array([call.step + 1], np.int32)),
+                                                  io.tensor("num_steps", np.array([call.num_steps], np.int32))]))
+                try:
+                    call = steps.send(noise_pred)
+                except StopIteration as done:
+                    latents = done.value
+                    break
+            sender.send(pb.InferenceResponse([io.tensor("latents", latents.numpy())]),
+                        flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as error:  # this request ends with its error; the others go on
+            sender.send(io.error_response(error), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)

@@ -1,0 +1,143 @@
+"""`portrait` command line: serve | generate | weights (| prompt, from the prompt agent)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from portrait.errors import PortraitError
+
+
+def add_stage1_arguments(p: argparse.ArgumentParser) -> None:
+    from portrait import params as P
+
+    p.add_argument("--prompt", required=True, help="SDXL prompt")
+    p.add_argument("--negative-prompt", default="", help="negative prompt (empty: zero embeddings, as SDXL)")
+    p.add_argument("--width", type=int, default=None, help=f"multiple of {P.SIZE_MULTIPLE} in [{P.SIZE_MIN}, {P.SIZE_MAX}] (default: the model's native size)")
+    p.add_argument("--height", type=int, default=None, help="as --width")
+    p.add_argument("--steps", type=int, default=10, help=f"[{P.STEPS_MIN}, {P.STEPS_MAX}], Align-Your-Steps schedule")
+    p.add_argument("--guidance", type=float, default=5.0, help=f"CFG scale [{P.GUIDANCE_MIN:g}, {P.GUIDANCE_MAX:g}]; <= 1 disables CFG")
+    p.add_argument("--guidance-cutoff", type=float, default=0.2, help="fraction of final steps without CFG [0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="image i of the batch uses seed + i")
+    p.add_argument("--batch-size", type=int, default=1, help=f"[{P.BATCH_MIN}, {P.BATCH_MAX}]")
+
+
+@contextlib.contextmanager
+def server_client(url: str | None, protocol: str):
+    """A client for the server at `url`, or for an embedded server started (and stopped) here if none answers."""
+    from clients import connect
+    from portrait.server import TritonServer
+    from portrait.settings import get_settings
+
+    settings = get_settings()
+    url = url or (settings.url if protocol == "grpc" else f"localhost:{settings.http_port}")
+    client = connect(url, protocol)
+    if client.is_ready():
+        yield client
+        client.close()
+        return
+    client.close()
+    print(f"no server answers at {url}; starting an embedded one ...", file=sys.stderr)
+    with TritonServer.create(settings, free_ports=True) as server:
+        with connect(server.grpc_url if protocol == "grpc" else server.http_url, protocol) as embedded:
+            yield embedded
+
+
+def cmd_generate(args) -> int:
+    from PIL import Image
+
+    from portrait.checkpoint import read_sdxl_info
+    from portrait.params import Stage1Params
+    from portrait.settings import get_settings
+
+    size = read_sdxl_info(get_settings().sdxl_dir).default_size
+    params = Stage1Params(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, width=args.width or size, height=args.height or size,
+        steps=args.steps, guidance_scale=args.guidance, guidance_cutoff=args.guidance_cutoff, seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    with server_client(args.url, args.protocol) as client:
+        out = client.stage1(params)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(out.images):
+        path = args.out if i == 0 else args.out.with_name(f"{args.out.stem}_{i}{args.out.suffix}")
+        Image.fromarray(image).save(path)
+        print(f"{path}  (seed {out.seeds[i]})")
+    if out.truncated_tokens:
+        print(f"note: the prompt was {out.truncated_tokens} CLIP tokens over the 77-token limit; those were dropped",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from portrait.server import TritonServer
+    from portrait.settings import get_settings
+
+    server = TritonServer.create(get_settings())
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    print(f"Triton is ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics localhost:{server.metrics_port}/metrics")
+    print(f"models from {get_settings().models_dir}; log {server.log_path}; Ctrl-C stops", flush=True)
+    try:
+        while not stop.wait(1.0):
+            if server.process.poll() is not None:
+                print(f"tritonserver exited ({server.process.returncode}):\n{server.log_tail()}", file=sys.stderr)
+                return 1
+    finally:
+        server.stop()
+    print("stopped")
+    return 0
+
+
+def cmd_weights(args) -> int:
+    from portrait.settings import get_settings
+    from portrait.tiny_models import build_tiny_model_set
+
+    print(build_tiny_model_set(get_settings().models_dir, force=args.force))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="portrait", description="Face-identity portraits served by NVIDIA Triton")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the Triton server with model_repository/ and ensembles/")
+    serve.set_defaults(func=cmd_serve)
+
+    gen = sub.add_parser("generate", help="text -> image through Triton (starts an embedded server if none answers)")
+    add_stage1_arguments(gen)
+    gen.add_argument("--out", type=Path, default=Path("out/base.png"), help="PNG path (batch: _1, _2 ... suffixes)")
+    gen.add_argument("--url", default=None, help="server host:port (default: PORTRAIT_URL)")
+    gen.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    gen.set_defaults(func=cmd_generate)
+
+    weights = sub.add_parser("weights", help="build the tiny seeded default model set under PORTRAIT_MODELS")
+    weights.add_argument("--force", action="store_true")
+    weights.set_defaults(func=cmd_weights)
+
+    try:
+        from prompt_agent.cli import register
+    except ImportError:
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PortraitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The denoising loop as a generator: it yields each UNet call and receives the prediction.
+
+The same loop is driven synchronously by the in-process reference pipeline and asynchronously
+by the Triton `denoise` model (one BLS `unet` request per step), so both follow one rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Generator
+
+import torch
+
+from portrait.guidance import combine_guidance
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    embeds: torch.Tensor  # [B, 77, D]
+    pooled: torch.Tensor  # [B, P]
+    negative_embeds: torch.Tensor  # [B, 77, D]
+    negative_pooled: torch.Tensor  # [B, P]
+    time_ids: torch.Tensor  # [B, 6]
+
+
+@dataclass(frozen=True)
+class UNetCall:
+    """One noise prediction request: rows are [neg..., pos...] on guided steps, [pos...] otherwise."""
+
+    sample: torch.Tensor  # [R, C, h, w], already scaled by the scheduler
+    timestep: torch.Tensor  # [R] float
+    encoder_hidden_states: torch.Tensor  # [R, 77, D]
+    text_embeds: torch.Tensor  # [R, P]
+    time_ids: torch.Tensor  # [R, 6]
+    step: int
+    num_steps: int
+
+
+def denoise_steps(
+    scheduler, latents: torch.Tensor, cond: Conditioning, guided: list[bool], guidance_scale: float
+) -> Generator[UNetCall, torch.Tensor, torch.Tensor]:
+    """Euler sampling with CFG on the `guided` steps; yields UNetCall, receives noise [R, C, h, w]; returns latents."""
+    latents = latents * scheduler.init_noise_sigma
+    num_steps = len(scheduler.timesteps)
+    doubled = {
+        True: [torch.cat([cond.negative_embeds, cond.embeds]), torch.cat([cond.negative_pooled, cond.pooled]),
+               torch.cat([cond.time_ids, cond.time_ids])],
+        False: [cond.embeds, cond.pooled, cond.time_ids],
+    }
+    for i, t in enumerate(scheduler.timesteps):
+        sample = torch.cat([latents, latents]) if guided[i] else latents  # [R, C, h, w]
+        sample = scheduler.scale_model_input(sample, t)
+        embeds, pooled, time_ids = doubled[guided[i]]
+        noise = yield UNetCall(sample, t.expand(sample.shape[0]).float(), embeds, pooled, time_ids, i, num_steps)
+        if guided[i]:
+            noise = combine_guidance(noise, guidance_scale)
+        latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+    return latents
+
+
+def run_denoise(steps: Generator[UNetCall, torch.Tensor, torch.Tensor],
+                predict: Callable[[UNetCall], torch.Tensor]) -> torch.Tensor:
+    """Drive `denoise_steps` synchronously with a UNet callable."""
+    call = next(steps)
+    while True:
+        try:
+            call = steps.send(predict(call))
+        except StopIteration as done:
+            return done.value

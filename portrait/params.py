@@ -1,0 +1,109 @@
+"""Request parameters: frozen dataclasses validated once, at the boundary (cf. diffusers' check_inputs).
+
+Every limit lives here; the Triton models, the clients and the front ends all read it from here,
+so a value the UI accepts is a value the server accepts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from portrait.errors import InvalidInput
+
+MAX_PROMPT_CHARS = 1000  # longer prompts are rejected; prompts over 77 CLIP tokens are truncated and reported
+SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 64, 2048, 8
+STEPS_MIN, STEPS_MAX = 1, 150
+GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
+BATCH_MIN, BATCH_MAX = 1, 8
+SEED_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Stage1Params:
+    """Text-to-image request. `batch_size` images use seeds seed, seed+1, ... (one generator each)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 1024
+    height: int = 1024
+    steps: int = 10
+    guidance_scale: float = 5.0
+    guidance_cutoff: float = 0.2
+    seed: int = 0
+    batch_size: int = 1
+
+    def __post_init__(self):
+        check_prompt("prompt", self.prompt, required=True)
+        check_prompt("negative_prompt", self.negative_prompt, required=False)
+        for name in ("width", "height"):
+            check_size(name, getattr(self, name))
+        check_int_range("steps", self.steps, STEPS_MIN, STEPS_MAX)
+        check_float_range("guidance_scale", self.guidance_scale, GUIDANCE_MIN, GUIDANCE_MAX)
+        check_float_range("guidance_cutoff", self.guidance_cutoff, 0.0, 1.0)
+        check_int_range("seed", self.seed, 0, SEED_MAX)
+        check_int_range("batch_size", self.batch_size, BATCH_MIN, BATCH_MAX)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.batch_size)]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> "Stage1Params":
+        """Build from decoded request fields; absent (None) ones come from `defaults`, then the class."""
+        given = {k: v for k, v in values.items() if v is not None}
+        return cls(**{**(defaults or {}), **given})
+
+
+def check_prompt(name: str, value: Any, *, required: bool) -> None:
+    if not isinstance(value, str):
+        raise InvalidInput(name, f"must be text, got {type(value).__name__}")
+    if required and not value.strip():
+        raise InvalidInput(name, "must not be empty")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise InvalidInput(name, f"must be at most {MAX_PROMPT_CHARS} characters, got {len(value)}")
+    if any(ord(c) < 32 and c not in "\t\n" for c in value):
+        raise InvalidInput(name, "must not contain control characters")
+
+
+def check_int_range(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(name, f"must be an integer in [{lo}, {hi}], got {value!r}")
+    if not lo <= value <= hi:
+        raise InvalidInput(name, f"must be in [{lo}, {hi}], got {value}")
+
+
+def check_float_range(name: str, value: Any, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInput(name, f"must be a finite number in [{lo:g}, {hi:g}], got {value!r}")
+    if not lo <= value <= hi:
+        raise InvalidInput(name, f"must be in [{lo:g}, {hi:g}], got {value:g}")
+
+
+def check_size(name: str, value: Any) -> None:
+    check_int_range(name, value, SIZE_MIN, SIZE_MAX)
+    if value % SIZE_MULTIPLE:
+        raise InvalidInput(name, f"must be a multiple of {SIZE_MULTIPLE} in [{SIZE_MIN}, {SIZE_MAX}], got {value}")
+
+
+@dataclass(frozen=True)
+class DenoiseParams:
+    """What the `denoise` model needs besides the conditioning tensors."""
+
+    height: int
+    width: int
+    steps: int
+    guidance_scale: float
+    guidance_cutoff: float
+    seeds: tuple[int, ...]
+
+    def __post_init__(self):
+        for name in ("width", "height"):
+            check_size(name, getattr(self, name))
+        check_int_range("steps", self.steps, STEPS_MIN, STEPS_MAX)
+        check_float_range("guidance_scale", self.guidance_scale, GUIDANCE_MIN, GUIDANCE_MAX)
+        check_float_range("guidance_cutoff", self.guidance_cutoff, 0.0, 1.0)
+        check_int_range("seeds", len(self.seeds), BATCH_MIN, BATCH_MAX)
+        for seed in self.seeds:
+            check_int_range("seeds", seed, 0, SEED_MAX)

@@ -1,0 +1,83 @@
+"""Loading an SDXL checkpoint in diffusers layout: the tiny default set and real weights take the same path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from portrait.checkpoint import check_sdxl_dir, torch_dtype_name
+from portrait.conditioning import TextEncoding, encode_prompts
+from portrait.denoise import UNetCall
+
+
+def torch_dtype(device: str) -> torch.dtype:
+    return getattr(torch, torch_dtype_name(device))
+
+
+def load_unet(sdxl_dir: Path, device: str = "cpu"):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(check_sdxl_dir(sdxl_dir), subfolder="unet", torch_dtype=torch_dtype(device))
+    return unet.to(device).eval()
+
+
+def load_vae(sdxl_dir: Path, device: str = "cpu"):
+    from diffusers import AutoencoderKL
+
+    # fp32 even on GPU: SDXL's VAE overflows in fp16 (diffusers' force_upcast)
+    return AutoencoderKL.from_pretrained(check_sdxl_dir(sdxl_dir), subfolder="vae").to(device).eval()
+
+
+class TextEncoders:
+    """Both tokenizers and CLIP text encoders of an SDXL checkpoint."""
+
+    def __init__(self, sdxl_dir: Path, device: str = "cpu"):
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        d = check_sdxl_dir(sdxl_dir)
+        dtype = torch_dtype(device)
+        self.tokenizers = [CLIPTokenizer.from_pretrained(d / "tokenizer"), CLIPTokenizer.from_pretrained(d / "tokenizer_2")]
+        self.encoders = [
+            CLIPTextModel.from_pretrained(d / "text_encoder", torch_dtype=dtype).to(device).eval(),
+            CLIPTextModelWithProjection.from_pretrained(d / "text_encoder_2", torch_dtype=dtype).to(device).eval(),
+        ]
+
+    @property
+    def max_tokens(self) -> int:
+        return self.tokenizers[0].model_max_length
+
+    def __call__(self, prompts: list[str]) -> TextEncoding:
+        return encode_prompts(self.tokenizers, self.encoders, prompts)
+
+
+@torch.no_grad()
+def predict_noise(unet, call: UNetCall) -> torch.Tensor:
+    """One UNet evaluation with SDXL's added text-time conditioning; float32 out."""
+    dtype, device = unet.dtype, unet.device
+    out = unet(
+        call.sample.to(device, dtype),
+        call.timestep.to(device),
+        encoder_hidden_states=call.encoder_hidden_states.to(device, dtype),
+        added_cond_kwargs={"text_embeds": call.text_embeds.to(device, dtype), "time_ids": call.time_ids.to(device, dtype)},
+        return_dict=False,
+    )[0]
+    return out.float().cpu()
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
+    """Latents [B, C, h, w] (scaled) -> uint8 images [B, H, W, 3], rounded as diffusers' numpy_to_pil."""
+    latents = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor
+    image = vae.decode(latents, return_dict=False)[0]  # [B, 3, H, W] in [-1, 1]
+    image = (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+    return (image * 255).round().astype(np.uint8)
+
+
+@torch.no_grad()
+def encode_images(vae, images: np.ndarray) -> torch.Tensor:
+    """uint8 images [B, H, W, 3] -> scaled latents [B, C, h, w] (the posterior mean: deterministic)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    posterior = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
+    return (posterior.mean * vae.config.scaling_factor).float().cpu()

@@ -1,0 +1,126 @@
+"""The default model set: tiny, seeded, real architectures in the real layout.
+
+No weights can be downloaded where this project is built and tested, so the default set is a
+small SDXL of the same classes and file layout as stabilityai/stable-diffusion-xl-base-1.0,
+with seeded random weights. Everything downstream (loading, tokenizing, Triton models) runs the
+code a real checkpoint runs. The tokenizers are the real CLIP BPE (vocabulary shipped in the
+open-clip-torch wheel), so prompts tokenize exactly as with real SDXL.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+SEED = 20240501
+CLIP_VOCAB_SIZE = 49408
+TE1_HIDDEN, TE2_HIDDEN = 32, 64  # real SDXL: 768 (CLIP ViT-L), 1280 (OpenCLIP bigG)
+TIME_EMBED_DIM = 8  # real: 256; projection input = 6 * 8 + pooled 64 = 112 (real: 2816)
+
+SDXL_SCHEDULER_CONFIG = dict(  # stabilityai/stable-diffusion-xl-base-1.0 scheduler/scheduler_config.json
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    steps_offset=1, timestep_spacing="leading", interpolation_type="linear", prediction_type="epsilon",
+    use_karras_sigmas=False, sample_max_value=1.0, set_alpha_to_one=False, skip_prk_steps=True, clip_sample=False,
+)
+
+
+def clip_bpe_path() -> Path:
+    """The CLIP BPE merges file inside the installed open-clip-torch wheel (not imported: it needs torchvision)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None:
+        raise RuntimeError("open-clip-torch is not installed; `make install` installs it (--no-deps)")
+    return Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def write_clip_tokenizer(out: Path, pad_token: str) -> None:
+    """Write vocab.json/merges.txt in CLIP's layout: 256 bytes, 256 '</w>' bytes, 48894 merges, 2 specials."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    lines = gzip.open(clip_bpe_path()).read().decode("utf-8").split("\n")
+    merges = [tuple(m.split()) for m in lines[1 : CLIP_VOCAB_SIZE - 256 * 2 - 2 + 1]]
+    byte_tokens = list(bytes_to_unicode().values())
+    vocab = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == CLIP_VOCAB_SIZE
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+        tok = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), pad_token=pad_token,
+                            model_max_length=77)
+        tok.save_pretrained(out)
+
+
+def tiny_sdxl_components(seed: int = SEED) -> dict:
+    """Seeded components of SDXL's architecture at toy width (the UNet keeps SDXL's 3-level text-time design)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def text_config(hidden: int, act: str) -> CLIPTextConfig:
+        return CLIPTextConfig(vocab_size=CLIP_VOCAB_SIZE, hidden_size=hidden, intermediate_size=hidden * 4,
+                              num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=77,
+                              projection_dim=hidden, hidden_act=act, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64), attention_head_dim=(2, 4, 4), transformer_layers_per_block=(1, 1, 2),
+        cross_attention_dim=TE1_HIDDEN + TE2_HIDDEN, use_linear_projection=True, norm_num_groups=16,
+        addition_embed_type="text_time", addition_time_embed_dim=TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TE2_HIDDEN,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=256, layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32), norm_num_groups=8, scaling_factor=0.13025, force_upcast=True,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(text_config(TE1_HIDDEN, "quick_gelu"))
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(TE2_HIDDEN, "gelu"))
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG))
+
+
+def build_tiny_sdxl(out: Path, seed: int = SEED) -> Path:
+    """Write the tiny SDXL checkpoint to `out` (diffusers layout, safetensors) atomically."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    out = Path(out)
+    tmp = Path(tempfile.mkdtemp(prefix=".sdxl-", dir=out.parent if out.parent.exists() else None))
+    try:
+        write_clip_tokenizer(tmp / "_tok1", pad_token="<|endoftext|>")  # as SDXL's tokenizer/
+        write_clip_tokenizer(tmp / "_tok2", pad_token="!")  # as SDXL's tokenizer_2/
+        pipe = StableDiffusionXLPipeline(
+            **tiny_sdxl_components(seed),
+            tokenizer=CLIPTokenizer.from_pretrained(tmp / "_tok1"),
+            tokenizer_2=CLIPTokenizer.from_pretrained(tmp / "_tok2"),
+            force_zeros_for_empty_prompt=True,
+        )
+        pipe.save_pretrained(tmp / "sdxl", safe_serialization=True)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        (tmp / "sdxl").rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def build_tiny_model_set(models_dir: Path, seed: int = SEED, force: bool = False) -> Path:
+    """Build every part of the default set that is missing under `models_dir`."""
+    models_dir = Path(models_dir)
+    if force or not (models_dir / "sdxl" / "model_index.json").exists():
+        models_dir.mkdir(parents=True, exist_ok=True)
+        build_tiny_sdxl(models_dir / "sdxl", seed)
+    return models_dir

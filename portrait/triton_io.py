@@ -1,0 +1,90 @@
+"""Helpers for the Python-backend adapters in model_repository/: decode inputs, encode errors, BLS calls.
+
+Imported only inside the Triton Python-backend stub (it provides triton_python_backend_utils).
+Kept free of torch so the light BLS models (stage1) start fast and small.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from portrait.errors import Cancelled, InvalidInput
+
+
+def model_parameters(args: dict) -> dict[str, str]:
+    """The `parameters { key: ... value: { string_value: ... } }` block of a model's config.pbtxt."""
+    params = json.loads(args["model_config"]).get("parameters", {})
+    return {k: v["string_value"] for k, v in params.items()}
+
+
+def get_array(request, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def get_scalar(request, name: str) -> Any:
+    """One value of an optional `dims: [1]` input as a Python scalar (None when absent)."""
+    array = get_array(request, name)
+    if array is None:
+        return None
+    if array.size != 1:
+        raise InvalidInput(name, f"must hold exactly one value, got shape {list(array.shape)}")
+    value = array.reshape(-1)[0]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(name, "must be UTF-8 text") from None
+    return value.item()
+
+
+def tensor(name: str, array: np.ndarray) -> "pb_utils.Tensor":
+    return pb_utils.Tensor(name, np.ascontiguousarray(array))
+
+
+def error_response(error: Exception) -> "pb_utils.InferenceResponse":
+    """Bad input -> INVALID_ARG naming the field; cancellation -> CANCELLED; anything else -> INTERNAL."""
+    return pb_utils.InferenceResponse(error=to_triton_error(error))
+
+
+def to_triton_error(error: Exception) -> "pb_utils.TritonError":
+    if isinstance(error, pb_utils.TritonError):
+        return error
+    if isinstance(error, InvalidInput):
+        return pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG)
+    if isinstance(error, Cancelled):
+        return pb_utils.TritonError(str(error), pb_utils.TritonError.CANCELLED)
+    return pb_utils.TritonError(f"{type(error).__name__}: {error}", pb_utils.TritonError.INTERNAL)
+
+
+def bls_request(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> "pb_utils.InferenceRequest":
+    return pb_utils.InferenceRequest(
+        model_name=model,
+        inputs=[tensor(k, v) for k, v in inputs.items()],
+        requested_output_names=outputs,
+    )
+
+
+def read_response(response, outputs: list[str]) -> dict[str, np.ndarray]:
+    """The named outputs of a BLS response; a callee's error is re-raised with its own code and message."""
+    if response.has_error():
+        raise response.error()
+    found = {name: pb_utils.get_output_tensor_by_name(response, name) for name in outputs}
+    return {name: t.as_numpy() for name, t in found.items() if t is not None}
+
+
+def bls(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    """A blocking BLS call to a non-decoupled model."""
+    return read_response(bls_request(model, inputs, outputs).exec(), outputs)
+
+
+def bls_stream(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> Iterator[dict[str, np.ndarray]]:
+    """A BLS call to a decoupled model: yields each response's outputs, in order."""
+    for response in bls_request(model, inputs, outputs).exec(decoupled=True):
+        out = read_response(response, outputs)
+        if out:  # the last response may carry only the FINAL flag
+            yield out

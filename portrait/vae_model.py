@@ -1,0 +1,40 @@
+"""The two VAE Triton models share one adapter: they differ only in direction."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from portrait import triton_io as io
+from portrait.sdxl import decode_latents, encode_images, load_vae
+from portrait.torch_models import torch_setup
+
+
+class VAEModel:
+    """Python-backend model for `vae_encoder` (image -> latents) or `vae_decoder` (latents -> image)."""
+
+    def __init__(self, encode: bool):
+        self.in_name, self.out_name = ("image", "latents") if encode else ("latents", "image")
+        self.encode = encode
+
+    def initialize(self, args):
+        settings = torch_setup()
+        self.vae = load_vae(settings.sdxl_dir, settings.device)
+        f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        warm = np.zeros((1, 8 * f, 8 * f, 3), np.uint8) if self.encode else np.zeros((1, self.vae.config.latent_channels, 8, 8), np.float32)
+        self.run(warm)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if self.encode:
+            return encode_images(self.vae, batch).numpy()
+        return decode_latents(self.vae, torch.from_numpy(batch))
+
+    def execute(self, requests):
+        # requests of different sizes each get their own forward
+        responses = []
+        for r in requests:
+            try:
+                responses.append(io.pb_utils.InferenceResponse([io.tensor(self.out_name, self.run(io.get_array(r, self.in_name)))]))
+            except Exception as error:  # one bad request must not fail the others in the batch
+                responses.append(io.error_response(error))
+        return responses

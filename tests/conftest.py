@@ -1,0 +1,85 @@
+"""Shared fixtures: the tiny default model set, a real Triton server for the session, diffusers' reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from portrait.settings import get_settings
+from portrait.tiny_models import build_tiny_model_set
+
+TOLERANCE = 3  # max absolute pixel difference, in uint8 levels (3/255)
+
+
+@pytest.fixture(scope="session")
+def models_dir():
+    return build_tiny_model_set(get_settings().models_dir)
+
+
+@pytest.fixture(scope="session")
+def sdxl_dir(models_dir):
+    return models_dir / "sdxl"
+
+
+@pytest.fixture(scope="session")
+def server(models_dir):
+    """The bundled tritonserver on free ports, started once per session and stopped at its end."""
+    from portrait.server import TritonServer
+
+    with TritonServer.create(free_ports=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def grpc_client(server):
+    from clients import connect
+
+    with connect(server.grpc_url, "grpc") as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def http_client(server):
+    from clients import connect
+
+    with connect(server.http_url, "http") as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def diffusers_pipe(sdxl_dir):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_diffusers(pipe, params, output_type: str = "np"):
+    """diffusers' SDXL pipeline on the same AYS timesteps, seeds and guidance cutoff as `params`."""
+    from diffusers.callbacks import SDXLCFGCutoffCallback
+
+    from portrait.guidance import unguided_step_count
+    from portrait.schedules import ays_timesteps
+
+    off = unguided_step_count(params.steps, params.guidance_cutoff) if params.guidance_scale > 1 else 0
+    # the callback runs at the end of step k and switches CFG off from step k + 1 on
+    callback = SDXLCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=params.steps - off - 1) if off else None
+    if callback is not None and params.batch_size != 1:
+        raise ValueError("diffusers' SDXLCFGCutoffCallback keeps only the last row: batch 1 only")
+    out = pipe(
+        prompt=params.prompt, negative_prompt=params.negative_prompt or None,
+        width=params.width, height=params.height, timesteps=ays_timesteps(params.steps),
+        guidance_scale=params.guidance_scale,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in params.seeds],
+        output_type=output_type, callback_on_step_end=callback,
+    ).images
+    if output_type == "np":
+        return (out * 255).round().astype(np.uint8)
+    return out
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> int:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
