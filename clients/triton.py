@@ -30,9 +30,12 @@ def translate_error(error: Exception) -> PortraitError:
     status, message = str(getattr(error, "status", lambda: "")() or ""), getattr(error, "message", lambda: str(error))()
     message = message or str(error)
     if "INVALID_ARG" in status or status == "400" or "INVALID_ARGUMENT" in status:
-        match = re.match(r"(?:\[\w+\]\s*)?([A-Za-z_]+): (.*)", message, re.S)
-        field, text = (match.group(1), match.group(2)) if match else ("request", message)
-        return InvalidInput(field, text)
+        message = re.sub(r"^\[request id: [^\]]*\]\s*", "", message.strip())
+        ours = re.match(r"([A-Za-z_]+): (.*)", message, re.S)  # the models' "field: limit" form
+        if ours:
+            return InvalidInput(ours.group(1), ours.group(2))
+        core = re.search(r"input '([^']+)'", message)  # Triton core's dtype/shape checks
+        return InvalidInput(core.group(1) if core else "request", message)
     return ServerError(f"{status or 'error'}: {message}".strip())
 
 

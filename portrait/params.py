@@ -7,7 +7,7 @@ so a value the UI accepts is a value the server accepts.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from typing import Any, Mapping
 
 from portrait.errors import InvalidInput
@@ -52,8 +52,11 @@ class Stage1Params:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> "Stage1Params":
         """Build from decoded request fields; absent (None) ones come from `defaults`, then the class."""
-        given = {k: v for k, v in values.items() if v is not None}
-        return cls(**{**(defaults or {}), **given})
+        merged = {**(defaults or {}), **{k: v for k, v in values.items() if v is not None}}
+        for name, spec in cls.__dataclass_fields__.items():
+            if name not in merged and spec.default is MISSING:
+                raise InvalidInput(name, "is required")
+        return cls(**merged)
 
 
 def check_prompt(name: str, value: Any, *, required: bool) -> None:

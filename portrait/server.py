@@ -20,6 +20,21 @@ from portrait.settings import PROJECT_ROOT, Settings, get_settings
 MODEL_REPOSITORIES = (PROJECT_ROOT / "model_repository", PROJECT_ROOT / "ensembles")
 
 
+def model_repositories(settings: Settings, cache: Path) -> list[Path]:
+    """The repositories to serve. With `unet_dir` set, a merged copy (links) where that directory is `unet`:
+    a deployment choice (e.g. a TensorRT plan) that no caller sees."""
+    if settings.unet_dir is None:
+        return list(MODEL_REPOSITORIES)
+    if not (settings.unet_dir / "config.pbtxt").exists():
+        raise ServerError(f"PORTRAIT_UNET_DIR={settings.unet_dir} holds no config.pbtxt")
+    merged = cache
+    shutil.rmtree(merged, ignore_errors=True)
+    merged.mkdir(parents=True)
+    for model in sorted(p for p in MODEL_REPOSITORIES[0].iterdir() if p.is_dir()):
+        (merged / model.name).symlink_to(settings.unet_dir if model.name == "unet" else model, target_is_directory=True)
+    return [merged, *MODEL_REPOSITORIES[1:]]
+
+
 def pytriton_root() -> Path:
     import pytriton
 
@@ -92,7 +107,7 @@ class TritonServer:
 
     def command(self) -> list[str]:
         cache = PROJECT_ROOT / ".cache" / "triton"
-        repos = [f"--model-repository={r}" for r in MODEL_REPOSITORIES]
+        repos = [f"--model-repository={r}" for r in model_repositories(self.settings, cache / f"repository-{self.grpc_port}")]
         return [
             str(pytriton_root() / "tritonserver" / "bin" / "tritonserver"), *repos,
             f"--backend-directory={backend_directory(cache)}",

@@ -19,6 +19,7 @@ class Settings:
     metrics_port: int
     device: str  # "cpu" or "cuda"; selects the torch device inside the models
     torch_threads: int  # intra-op threads for the heavy models (0 = torch's default)
+    unet_dir: Path | None  # PORTRAIT_UNET_DIR: a model directory served as `unet` instead (a TensorRT plan on GPU)
 
     @property
     def sdxl_dir(self) -> Path:
@@ -36,4 +37,5 @@ def get_settings() -> Settings:
         metrics_port=int(env.get("PORTRAIT_METRICS_PORT", "8002")),
         device=env.get("PORTRAIT_DEVICE", "cpu"),
         torch_threads=int(env.get("PORTRAIT_TORCH_THREADS", "0")),
+        unet_dir=Path(env["PORTRAIT_UNET_DIR"]).resolve() if env.get("PORTRAIT_UNET_DIR") else None,
     )

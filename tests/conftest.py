@@ -66,12 +66,15 @@ def run_diffusers(pipe, params, output_type: str = "np"):
     off = unguided_step_count(params.steps, params.guidance_cutoff) if params.guidance_scale > 1 else 0
     # the callback runs at the end of step k and switches CFG off from step k + 1 on
     callback = SDXLCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=params.steps - off - 1) if off else None
+    guidance_scale = params.guidance_scale
+    if off == params.steps:  # no guided step at all: the callback cannot act before step 0
+        callback, guidance_scale = None, 1.0
     if callback is not None and params.batch_size != 1:
         raise ValueError("diffusers' SDXLCFGCutoffCallback keeps only the last row: batch 1 only")
     out = pipe(
         prompt=params.prompt, negative_prompt=params.negative_prompt or None,
         width=params.width, height=params.height, timesteps=ays_timesteps(params.steps),
-        guidance_scale=params.guidance_scale,
+        guidance_scale=guidance_scale,
         generator=[torch.Generator("cpu").manual_seed(s) for s in params.seeds],
         output_type=output_type, callback_on_step_end=callback,
     ).images

@@ -1,0 +1,42 @@
+# Every target installs what it needs into .venv/ (Python) and the system (Debian packages).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export PORTRAIT_MODELS ?= $(CURDIR)/weights/tiny
+WEIGHTS := $(PORTRAIT_MODELS)/sdxl/model_index.json
+
+.PHONY: demo test install weights serve benchmark clean
+
+demo: $(STAMP) $(WEIGHTS)
+	$(VENV)/bin/portrait generate --prompt "portrait of a woman, oil painting, warm rim light, detailed" \
+		--negative-prompt "blurry, low quality" --seed 42 --out out/demo/base.png
+
+test: $(STAMP) $(WEIGHTS)
+	$(PY) -m pytest -q
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@dpkg -s libb64-0d >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libb64-0d; } \
+		|| echo "warning: could not install libb64-0d (perf_analyzer needs it; run as root)" >&2
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,agent]"
+	# only its CLIP BPE vocabulary is used (for the tiny set's real tokenizers); its deps would pull torchvision
+	$(PY) -m pip install -q --no-deps open-clip-torch==3.3.0
+	touch $(STAMP)
+
+weights: $(WEIGHTS)
+
+$(WEIGHTS): | $(STAMP)
+	$(VENV)/bin/portrait weights
+
+serve: $(STAMP) $(WEIGHTS)
+	$(VENV)/bin/portrait serve
+
+benchmark: $(STAMP) $(WEIGHTS)
+	$(PY) scripts/benchmark
+
+clean:
+	rm -rf $(VENV) out .cache weights .pytest_cache

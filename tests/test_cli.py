@@ -1,0 +1,79 @@
+"""The `portrait` command line as a user runs it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+from portrait.server import free_port
+
+PORTRAIT = [sys.executable, "-m", "portrait.cli"]
+
+
+def run(args, env=None, timeout=600):
+    return subprocess.run(PORTRAIT + args, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_generate_uses_the_running_server(server, tmp_path):
+    out = tmp_path / "base.png"
+    done = run(["generate", "--prompt", "portrait of a woman", "--seed", "3", "--width", "128", "--height", "96",
+                "--batch-size", "2", "--out", str(out)], env={"PORTRAIT_URL": server.grpc_url})
+    assert done.returncode == 0, done.stderr
+    assert "starting an embedded" not in done.stderr
+    assert str(out) in done.stdout and "seed 3" in done.stdout and "seed 4" in done.stdout
+    assert np.array(Image.open(out)).shape == (96, 128, 3)
+    assert (tmp_path / "base_1.png").exists()
+
+
+def test_generate_over_http(server, tmp_path):
+    out = tmp_path / "http.png"
+    done = run(["generate", "--prompt", "a portrait", "--width", "64", "--height", "64", "--steps", "2",
+                "--protocol", "http", "--url", server.http_url, "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    assert out.exists()
+
+
+def test_bad_arguments_give_one_line_errors(server, tmp_path):
+    done = run(["generate", "--prompt", "x", "--width", "100", "--out", str(tmp_path / "x.png")],
+               env={"PORTRAIT_URL": server.grpc_url})
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: width: must be a multiple of 8 in [64, 2048], got 100"
+
+
+def test_generate_starts_an_embedded_server_when_none_answers(models_dir, tmp_path):
+    out = tmp_path / "embedded.png"
+    done = run(["generate", "--prompt", "a portrait", "--width", "64", "--height", "64", "--steps", "2",
+                "--out", str(out)], env={"PORTRAIT_URL": f"localhost:{free_port()}"})
+    assert done.returncode == 0, done.stderr
+    assert "starting an embedded one" in done.stderr and out.exists()
+
+
+def test_serve_prints_endpoints_and_stops_cleanly_on_sigint(models_dir):
+    ports = {f"PORTRAIT_{k}_PORT": str(free_port()) for k in ("HTTP", "GRPC", "METRICS")}
+    proc = subprocess.Popen(PORTRAIT + ["serve"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **ports})
+    try:
+        first = proc.stdout.readline()
+        assert f"gRPC localhost:{ports['PORTRAIT_GRPC_PORT']}" in first, first
+        from clients import connect
+
+        assert connect(f"localhost:{ports['PORTRAIT_GRPC_PORT']}").is_ready()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert "stopped" in proc.stdout.read()
+        time.sleep(1)
+        assert not connect(f"localhost:{ports['PORTRAIT_GRPC_PORT']}").is_ready()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_help_lists_the_commands():
+    done = run(["--help"])
+    for command in ("serve", "generate", "weights", "prompt"):
+        assert command in done.stdout
