@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import queue
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -15,6 +17,7 @@ STAGE1_TYPES = {
     "prompt": "BYTES", "negative_prompt": "BYTES", "width": "INT32", "height": "INT32", "steps": "INT32",
     "guidance_scale": "FP32", "guidance_cutoff": "FP32", "seed": "INT64", "batch_size": "INT32",
 }
+FIELD_ERROR = re.compile(r"([A-Za-z_]+): (.*)", re.S)  # the models' InvalidInput form: "field: limit"
 NUMPY_TYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
 
 
@@ -29,14 +32,22 @@ def translate_error(error: Exception) -> PortraitError:
     """InferenceServerException -> InvalidInput (field named by the server) or ServerError."""
     status, message = str(getattr(error, "status", lambda: "")() or ""), getattr(error, "message", lambda: str(error))()
     message = message or str(error)
+    if not status and FIELD_ERROR.match(message):  # gRPC streams carry the message without the status code
+        status = "INVALID_ARG"
     if "INVALID_ARG" in status or status == "400" or "INVALID_ARGUMENT" in status:
         message = re.sub(r"^\[request id: [^\]]*\]\s*", "", message.strip())
-        ours = re.match(r"([A-Za-z_]+): (.*)", message, re.S)  # the models' "field: limit" form
+        ours = FIELD_ERROR.match(message)
         if ours:
             return InvalidInput(ours.group(1), ours.group(2))
         core = re.search(r"input '([^']+)'", message)  # Triton core's dtype/shape checks
         return InvalidInput(core.group(1) if core else "request", message)
     return ServerError(f"{status or 'error'}: {message}".strip())
+
+
+def as_portrait_error(error: Exception) -> PortraitError:
+    if type(error).__name__ == "InferenceServerException":
+        return translate_error(error)
+    return ServerError(f"{type(error).__name__}: {error}")
 
 
 def encode_value(datatype: str, value) -> np.ndarray:
@@ -65,22 +76,48 @@ class TritonClient:
         except Exception:
             return False
 
-    def infer(self, model: str, arrays: dict[str, tuple[str, np.ndarray]], outputs: list[str]) -> dict[str, np.ndarray]:
-        """Raw call: `arrays` maps input name -> (Triton datatype, array)."""
+    def _inputs(self, arrays: dict[str, tuple[str, np.ndarray]]) -> list:
         inputs = []
         for name, (datatype, array) in arrays.items():
             tensor = self.module.InferInput(name, list(array.shape), datatype)
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
+        return inputs
+
+    def infer(self, model: str, arrays: dict[str, tuple[str, np.ndarray]], outputs: list[str]) -> dict[str, np.ndarray]:
+        """Raw call: `arrays` maps input name -> (Triton datatype, array)."""
         requested = [self.module.InferRequestedOutput(n) for n in outputs]
         kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         try:
-            result = self.client.infer(model, inputs, outputs=requested, **kwargs)
+            result = self.client.infer(model, self._inputs(arrays), outputs=requested, **kwargs)
         except Exception as error:
-            if type(error).__name__ == "InferenceServerException":
-                raise translate_error(error) from None
-            raise ServerError(f"{type(error).__name__}: {error}") from None
+            raise as_portrait_error(error) from None
         return {n: result.as_numpy(n) for n in outputs}
+
+    def stream(self, model: str, arrays: dict[str, tuple[str, np.ndarray]], outputs: list[str]) -> Iterator[dict[str, np.ndarray]]:
+        """A decoupled model's responses in order (gRPC streaming); each yields the outputs it carries."""
+        if self.protocol != "grpc":
+            raise ServerError("streaming needs the gRPC protocol")
+        responses: queue.Queue = queue.Queue()
+        self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        try:
+            self.client.async_stream_infer(model, self._inputs(arrays), outputs=[self.module.InferRequestedOutput(n) for n in outputs],
+                                           enable_empty_final_response=True)
+            while True:
+                try:
+                    result, error = responses.get(timeout=self.timeout)
+                except queue.Empty:
+                    raise ServerError(f"no response from {model} within {self.timeout:.0f} s") from None
+                if error is not None:
+                    raise as_portrait_error(error)
+                found = {n: result.as_numpy(n) for n in outputs}
+                found = {n: a for n, a in found.items() if a is not None}
+                if found:
+                    yield found
+                if result.get_response().parameters["triton_final_response"].bool_param:
+                    return
+        finally:
+            self.client.stop_stream()
 
     def stage1(self, params: Stage1Params) -> Stage1Output:
         """Text-to-image; validated here first so bad values fail before any network round trip."""

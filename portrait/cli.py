@@ -9,14 +9,17 @@ import sys
 import threading
 from pathlib import Path
 
-from portrait.errors import PortraitError
+from portrait.errors import InvalidInput, PortraitError
 
 
 def add_stage1_arguments(p: argparse.ArgumentParser) -> None:
     from portrait import params as P
 
-    p.add_argument("--prompt", required=True, help="SDXL prompt")
-    p.add_argument("--negative-prompt", default="", help="negative prompt (empty: zero embeddings, as SDXL)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="SDXL prompt")
+    source.add_argument("--idea", help="a short idea ('corporate confidence'): the prompt agent writes the prompt")
+    p.add_argument("--negative-prompt", default=None, help="negative prompt (empty: zero embeddings, as SDXL; "
+                   "with --idea: the agent's unless given)")
     p.add_argument("--width", type=int, default=None, help=f"multiple of {P.SIZE_MULTIPLE} in [{P.SIZE_MIN}, {P.SIZE_MAX}] (default: the model's native size)")
     p.add_argument("--height", type=int, default=None, help="as --width")
     p.add_argument("--steps", type=int, default=10, help=f"[{P.STEPS_MIN}, {P.STEPS_MAX}], Align-Your-Steps schedule")
@@ -55,8 +58,18 @@ def cmd_generate(args) -> int:
     from portrait.settings import get_settings
 
     size = read_sdxl_info(get_settings().sdxl_dir).default_size
+    prompt, negative = args.prompt, args.negative_prompt
+    if args.idea is not None:
+        from prompt_agent import PromptAgentError, build_prompt
+
+        try:
+            agent = build_prompt(args.idea)
+        except PromptAgentError as error:
+            raise InvalidInput("idea", str(error)) from None
+        prompt, negative = agent.prompt, agent.negative_prompt if negative is None else negative
+        print(f"prompt: {prompt}\nnegative prompt: {negative}", file=sys.stderr)
     params = Stage1Params(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, width=args.width or size, height=args.height or size,
+        prompt=prompt, negative_prompt=negative or "", width=args.width or size, height=args.height or size,
         steps=args.steps, guidance_scale=args.guidance, guidance_cutoff=args.guidance_cutoff, seed=args.seed,
         batch_size=args.batch_size,
     )

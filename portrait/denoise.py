@@ -11,6 +11,7 @@ from typing import Callable, Generator
 
 import torch
 
+from portrait.diffdiff import ImageGuide
 from portrait.guidance import combine_guidance
 
 
@@ -37,17 +38,27 @@ class UNetCall:
 
 
 def denoise_steps(
-    scheduler, latents: torch.Tensor, cond: Conditioning, guided: list[bool], guidance_scale: float
+    scheduler, latents: torch.Tensor, cond: Conditioning, guided: list[bool], guidance_scale: float,
+    guide: ImageGuide | None = None,
 ) -> Generator[UNetCall, torch.Tensor, torch.Tensor]:
-    """Euler sampling with CFG on the `guided` steps; yields UNetCall, receives noise [R, C, h, w]; returns latents."""
-    latents = latents * scheduler.init_noise_sigma
-    num_steps = len(scheduler.timesteps)
+    """Euler sampling with CFG on the `guided` steps; yields UNetCall, receives noise [R, C, h, w]; returns latents.
+
+    Text-to-image: `latents` is unit noise. With a `guide` (differential diffusion) the run starts at the
+    scheduler's begin index (img2img strength) and the guide resets held pixels before every step and
+    after the last; `latents` is then ignored (boundary 0 holds every pixel).
+    """
+    begin = scheduler.begin_index or 0
+    timesteps, sigmas = scheduler.timesteps[begin:], scheduler.sigmas[begin:]  # sigmas has one more: the final 0
+    latents = latents * scheduler.init_noise_sigma if guide is None else guide.apply(latents, 0, sigmas[0])
+    num_steps = len(timesteps)
     doubled = {
         True: [torch.cat([cond.negative_embeds, cond.embeds]), torch.cat([cond.negative_pooled, cond.pooled]),
                torch.cat([cond.time_ids, cond.time_ids])],
         False: [cond.embeds, cond.pooled, cond.time_ids],
     }
-    for i, t in enumerate(scheduler.timesteps):
+    for i, t in enumerate(timesteps):
+        if guide is not None and i:
+            latents = guide.apply(latents, i, sigmas[i])
         sample = torch.cat([latents, latents]) if guided[i] else latents  # [R, C, h, w]
         sample = scheduler.scale_model_input(sample, t)
         embeds, pooled, time_ids = doubled[guided[i]]
@@ -55,7 +66,7 @@ def denoise_steps(
         if guided[i]:
             noise = combine_guidance(noise, guidance_scale)
         latents = scheduler.step(noise, t, latents, return_dict=False)[0]
-    return latents
+    return latents if guide is None else guide.apply(latents, num_steps, sigmas[num_steps])
 
 
 def run_denoise(steps: Generator[UNetCall, torch.Tensor, torch.Tensor],

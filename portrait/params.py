@@ -100,6 +100,7 @@ class DenoiseParams:
     guidance_scale: float
     guidance_cutoff: float
     seeds: tuple[int, ...]
+    strength: float = 1.0  # img2img strength: the last int(steps * strength) steps run (with an image)
 
     def __post_init__(self):
         for name in ("width", "height"):
@@ -110,3 +111,6 @@ class DenoiseParams:
         check_int_range("seeds", len(self.seeds), BATCH_MIN, BATCH_MAX)
         for seed in self.seeds:
             check_int_range("seeds", seed, 0, SEED_MAX)
+        check_float_range("strength", self.strength, 0.0, 1.0)
+        if int(self.steps * self.strength) < 1:
+            raise InvalidInput("strength", f"runs no step: steps x strength must be >= 1, got {self.steps} x {self.strength:g}")

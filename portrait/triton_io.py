@@ -58,7 +58,8 @@ def to_triton_error(error: Exception) -> "pb_utils.TritonError":
         return pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG)
     if isinstance(error, Cancelled):
         return pb_utils.TritonError(str(error), pb_utils.TritonError.CANCELLED)
-    return pb_utils.TritonError(f"{type(error).__name__}: {error}", pb_utils.TritonError.INTERNAL)
+    # never of the "field: limit" form, so a client reading a stream (no status code there) cannot mistake it
+    return pb_utils.TritonError(f"internal error ({type(error).__name__}): {error}", pb_utils.TritonError.INTERNAL)
 
 
 def bls_request(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> "pb_utils.InferenceRequest":

@@ -1,7 +1,9 @@
 """Exceptions of the prompt agent: front ends show their message, never a traceback."""
 
+from portrait.errors import PortraitError
 
-class PromptAgentError(Exception):
+
+class PromptAgentError(PortraitError):
     """Base class for every error the prompt agent reports to a user."""
 
 

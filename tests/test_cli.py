@@ -77,3 +77,14 @@ def test_help_lists_the_commands():
     done = run(["--help"])
     for command in ("serve", "generate", "weights", "prompt"):
         assert command in done.stdout
+
+
+def test_generate_from_an_idea_runs_the_agent_then_generation(server, tmp_path):
+    out = tmp_path / "idea.png"
+    done = run(["generate", "--idea", "ocean calm", "--width", "64", "--height", "64", "--steps", "2", "--out", str(out)],
+               env={"PORTRAIT_URL": server.grpc_url, "PORTRAIT_PROMPT_CACHE_DIR": "off"})
+    assert done.returncode == 0, done.stderr
+    assert "prompt: portrait of" in done.stderr and "negative prompt: lowres" in done.stderr
+    assert out.exists()
+    bad = run(["generate", "--idea", "", "--out", str(out)], env={"PORTRAIT_URL": server.grpc_url})
+    assert bad.returncode == 2 and bad.stderr.startswith("error: idea:")

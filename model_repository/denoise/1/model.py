@@ -10,6 +10,7 @@ from portrait import triton_io as io  # noqa: E402
 from portrait.checkpoint import read_sdxl_info  # noqa: E402
 from portrait.conditioning import sdxl_time_ids  # noqa: E402
 from portrait.denoise import Conditioning, UNetCall, denoise_steps  # noqa: E402
+from portrait.diffdiff import ImageGuide, hold_masks, latent_change_map, start_step  # noqa: E402
 from portrait.errors import Cancelled, InvalidInput  # noqa: E402
 from portrait.guidance import guided_steps  # noqa: E402
 from portrait.noise import initial_noise  # noqa: E402
@@ -30,7 +31,9 @@ class TritonPythonModel:
         await asyncio.gather(*(self.run(r) for r in requests))
 
     def decode(self, request) -> tuple[DenoiseParams, Conditioning]:
-        scalars = {k: io.get_scalar(request, k) for k in ("height", "width", "steps", "guidance_scale", "guidance_cutoff")}
+        scalars = {k: io.get_scalar(request, k) for k in ("height", "width", "steps", "guidance_scale", "guidance_cutoff", "strength")}
+        if scalars["strength"] is None:
+            del scalars["strength"]
         params = DenoiseParams(seeds=tuple(int(s) for s in io.get_array(request, "seeds")), **scalars)
         embeds = [torch.from_numpy(io.get_array(request, k).copy()) for k in EMBEDS]
         for name, e in zip(EMBEDS, embeds):
@@ -38,6 +41,27 @@ class TritonPythonModel:
                 raise InvalidInput(name, f"needs one row per seed ({len(params.seeds)}), got {e.shape[0]}")
         time_ids = sdxl_time_ids(params.height, params.width).expand(len(params.seeds), 6)
         return params, Conditioning(embeds[0], embeds[1], embeds[2], embeds[3], time_ids)
+
+    def image_guide(self, request, params: DenoiseParams, noise: torch.Tensor) -> ImageGuide | None:
+        """Differential-diffusion inputs, checked against the latent shape; None for text-to-image."""
+        latents, change = io.get_array(request, "image_latents"), io.get_array(request, "change_map")
+        if latents is None:
+            for name, unused in (("change_map", change is not None), ("strength", params.strength != 1.0)):
+                if unused:
+                    raise InvalidInput(name, "needs image_latents")
+            return None
+        if tuple(latents.shape) != tuple(noise.shape):
+            raise InvalidInput("image_latents", f"must have shape {list(noise.shape)}, got {list(latents.shape)}")
+        if change is None:
+            change = np.ones((noise.shape[0], 1, params.height, params.width), np.float32)  # plain img2img
+        if change.shape != (noise.shape[0], 1, params.height, params.width):
+            raise InvalidInput("change_map", f"must have shape {[noise.shape[0], 1, params.height, params.width]}, "
+                                             f"got {list(change.shape)}")
+        if not np.isfinite(change).all() or change.min() < 0 or change.max() > 1:
+            raise InvalidInput("change_map", "values must lie in [0, 1] (high = more change)")
+        latent_change = latent_change_map(torch.from_numpy(change.copy()), tuple(noise.shape[2:]))
+        steps_run = params.steps - start_step(params.steps, params.strength)
+        return ImageGuide(torch.from_numpy(latents.copy()), noise, hold_masks(latent_change, steps_run))
 
     async def predict(self, call: UNetCall) -> torch.Tensor:
         inputs = {"sample": call.sample, "timestep": call.timestep.reshape(-1, 1), "encoder_hidden_states": call.encoder_hidden_states,
@@ -52,8 +76,12 @@ class TritonPythonModel:
             f = self.info.vae_scale_factor
             noise = initial_noise(list(params.seeds), (self.info.latent_channels, params.height // f, params.width // f))
             scheduler = make_scheduler(self.info.scheduler_config, params.steps)
-            guided = guided_steps(params.steps, params.guidance_scale, params.guidance_cutoff)
-            steps = denoise_steps(scheduler, noise, cond, guided, params.guidance_scale)
+            guide = self.image_guide(request, params, noise)
+            if guide is not None:  # img2img strength: start part-way down the schedule
+                scheduler.set_begin_index(start_step(params.steps, params.strength))
+            run = len(scheduler.timesteps) - (scheduler.begin_index or 0)
+            guided = guided_steps(run, params.guidance_scale, params.guidance_cutoff)
+            steps = denoise_steps(scheduler, noise, cond, guided, params.guidance_scale, guide)
             call = next(steps)
             while True:
                 if request.is_cancelled():
