@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[test,agent]"
 	# only its CLIP BPE vocabulary is used (for the tiny set's real tokenizers); its deps would pull torchvision
 	$(PY) -m pip install -q --no-deps open-clip-torch==3.3.0
+	# its model_zoo code and sample photos; its declared deps include opencv-python, which fights -headless
+	$(PY) -m pip install -q --no-deps insightface==2.1
 	touch $(STAMP)
 
 weights: $(WEIGHTS)
