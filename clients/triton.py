@@ -10,7 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from portrait.errors import InvalidInput, PortraitError, ServerError
-from portrait.params import Stage1Params
+from portrait.params import DetailParams, Stage1Params
 
 # Triton datatype of each stage1 field (the config.pbtxt is the contract; this mirrors it)
 STAGE1_TYPES = {
@@ -19,6 +19,20 @@ STAGE1_TYPES = {
 }
 FIELD_ERROR = re.compile(r"([A-Za-z_]+): (.*)", re.S)  # the models' InvalidInput form: "field: limit"
 NUMPY_TYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+
+
+DETAIL_TYPES = {
+    "prompt": "BYTES", "negative_prompt": "BYTES", "steps": "INT32", "guidance_scale": "FP32", "guidance_cutoff": "FP32",
+    "seed": "INT64", "strength": "FP32", "max_faces": "INT32", "margin": "FP32", "work_size": "INT32",
+}
+
+
+@dataclass(frozen=True)
+class DetailOutput:
+    image: np.ndarray  # [H, W, 3] uint8
+    mask: np.ndarray  # [H, W] uint8, 0 where the input's pixels are untouched
+    boxes: np.ndarray  # [F, 4] float32
+    faces_found: int
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,13 @@ class TritonClient:
         arrays = {name: (dt, encode_value(dt, getattr(params, name))) for name, dt in STAGE1_TYPES.items()}
         out = self.infer("stage1", arrays, ["images", "seeds", "truncated_tokens"])
         return Stage1Output(out["images"], [int(s) for s in out["seeds"]], int(out["truncated_tokens"][0]))
+
+    def detail(self, image: bytes, params: DetailParams) -> DetailOutput:
+        """Stage 2 on an encoded image (PNG/JPEG bytes); no face found comes back unchanged with faces_found 0."""
+        arrays = {name: (dt, encode_value(dt, getattr(params, name))) for name, dt in DETAIL_TYPES.items()}
+        arrays["image"] = ("BYTES", np.array([image], dtype=np.object_))
+        out = self.infer("face_detailer", arrays, ["image", "mask", "boxes", "faces_found"])
+        return DetailOutput(out["image"], out["mask"], out["boxes"], int(out["faces_found"][0]))
 
     def model_statistics(self, model: str) -> dict:
         """Triton's inference statistics for one model as a plain dict (both protocols)."""

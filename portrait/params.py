@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from portrait.errors import InvalidInput
 
 MAX_PROMPT_CHARS = 1000  # longer prompts are rejected; prompts over 77 CLIP tokens are truncated and reported
+MAX_PROMPT_TOKENS = 77  # CLIP's context, BOS and EOS included
 SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 64, 2048, 8
 STEPS_MIN, STEPS_MAX = 1, 150
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
@@ -49,14 +50,16 @@ class Stage1Params:
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.batch_size)]
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> "Stage1Params":
-        """Build from decoded request fields; absent (None) ones come from `defaults`, then the class."""
-        merged = {**(defaults or {}), **{k: v for k, v in values.items() if v is not None}}
-        for name, spec in cls.__dataclass_fields__.items():
-            if name not in merged and spec.default is MISSING:
-                raise InvalidInput(name, "is required")
-        return cls(**merged)
+    from_mapping = classmethod(lambda cls, values, defaults=None: params_from_mapping(cls, values, defaults))
+
+
+def params_from_mapping(cls, values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None):
+    """Build a params dataclass from decoded request fields; absent (None) ones come from `defaults`, then the class."""
+    merged = {**(defaults or {}), **{k: v for k, v in values.items() if v is not None}}
+    for name, spec in cls.__dataclass_fields__.items():
+        if name not in merged and spec.default is MISSING:
+            raise InvalidInput(name, "is required")
+    return cls(**merged)
 
 
 def check_prompt(name: str, value: Any, *, required: bool) -> None:
@@ -114,3 +117,63 @@ class DenoiseParams:
         check_float_range("strength", self.strength, 0.0, 1.0)
         if int(self.steps * self.strength) < 1:
             raise InvalidInput("strength", f"runs no step: steps x strength must be >= 1, got {self.steps} x {self.strength:g}")
+
+
+MAX_IMAGE_PIXELS = 4096 * 4096  # larger uploads are rejected before decoding
+MAX_FACES_LIMIT = 8  # the VAE models batch up to 8 crops; the UNet 16 rows (CFG)
+MARGIN_MIN, MARGIN_MAX = 0.0, 2.0
+
+
+@dataclass(frozen=True)
+class DetailParams:
+    """Stage 2 on one image: every face (largest first, up to `max_faces`) re-diffused at `work_size`."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 10
+    guidance_scale: float = 5.0
+    guidance_cutoff: float = 0.2
+    seed: int = 0
+    strength: float = 0.6  # img2img strength of the face pass: the last int(steps * strength) steps run
+    max_faces: int = 4
+    margin: float = 0.35  # added around the face box on every side, as a fraction of its larger side
+    work_size: int = 1024  # the crop is magnified to this square (the checkpoint's native size by default)
+
+    def __post_init__(self):
+        check_prompt("prompt", self.prompt, required=True)
+        check_prompt("negative_prompt", self.negative_prompt, required=False)
+        check_int_range("steps", self.steps, STEPS_MIN, STEPS_MAX)
+        check_float_range("guidance_scale", self.guidance_scale, GUIDANCE_MIN, GUIDANCE_MAX)
+        check_float_range("guidance_cutoff", self.guidance_cutoff, 0.0, 1.0)
+        check_int_range("seed", self.seed, 0, SEED_MAX)
+        check_float_range("strength", self.strength, 0.0, 1.0)
+        if int(self.steps * self.strength) < 1:
+            raise InvalidInput("strength", f"runs no step: steps x strength must be >= 1, got {self.steps} x {self.strength:g}")
+        check_int_range("max_faces", self.max_faces, 1, MAX_FACES_LIMIT)
+        check_float_range("margin", self.margin, MARGIN_MIN, MARGIN_MAX)
+        check_size("work_size", self.work_size)
+
+    from_mapping = classmethod(lambda cls, values, defaults=None: params_from_mapping(cls, values, defaults))
+
+
+def decode_image(data: bytes, field: str = "image") -> "np.ndarray":
+    """Encoded image bytes (PNG, JPEG, WebP ...) -> RGB uint8 [H, W, 3]. Gray and RGBA are converted (alpha dropped)."""
+    import io
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise InvalidInput(field, "is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            if w == 0 or h == 0:
+                raise InvalidInput(field, f"has no pixels ({w}x{h})")
+            if w * h > MAX_IMAGE_PIXELS:
+                raise InvalidInput(field, f"must have at most {MAX_IMAGE_PIXELS} pixels (4096x4096), got {w}x{h}")
+            return np.array(img.convert("RGB"))
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, InvalidInput):
+            raise
+        raise InvalidInput(field, f"is not a readable image ({type(error).__name__})") from None

@@ -89,3 +89,25 @@ def bls_stream(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) ->
         out = read_response(response, outputs)
         if out:  # the last response may carry only the FINAL flag
             yield out
+
+
+class BlsBackend:
+    """portrait.orchestrate.Backend over BLS calls to the models of this server."""
+
+    TEXT = ["prompt_embeds", "pooled_prompt_embeds", "token_count"]
+
+    def encode_text(self, prompt: str) -> dict[str, np.ndarray]:
+        return bls("text_encoder", {"prompt": np.array([[prompt.encode("utf-8")]], dtype=object)}, self.TEXT)
+
+    def denoise(self, inputs: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        return bls_stream("denoise", inputs, ["latents", "step", "num_steps"])
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        return bls("vae_decoder", {"latents": latents}, ["image"])["image"]
+
+    def encode_image(self, images: np.ndarray) -> np.ndarray:
+        return bls("vae_encoder", {"image": images}, ["latents"])["latents"]
+
+    def detect(self, image: np.ndarray, max_faces: int) -> dict[str, np.ndarray]:
+        return bls("face_detector", {"image": image, "max_faces": np.array([max_faces], np.int32)},
+                   ["boxes", "scores", "keypoints", "landmarks"])

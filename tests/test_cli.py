@@ -88,3 +88,19 @@ def test_generate_from_an_idea_runs_the_agent_then_generation(server, tmp_path):
     assert out.exists()
     bad = run(["generate", "--idea", "", "--out", str(out)], env={"PORTRAIT_URL": server.grpc_url})
     assert bad.returncode == 2 and bad.stderr.startswith("error: idea:")
+
+
+def test_detail_writes_the_image_and_its_mask(server, tmp_path):
+    from tests.test_faces_masks import package_file
+
+    source = tmp_path / "astronaut.png"
+    Image.fromarray(package_file("skimage", "data/astronaut.png")).resize((256, 256)).save(source)
+    out = tmp_path / "detailed.png"
+    done = run(["detail", "--image", str(source), "--prompt", "portrait photo", "--steps", "4", "--work-size", "128",
+                "--out", str(out)], env={"PORTRAIT_URL": server.grpc_url})
+    assert done.returncode == 0, done.stderr
+    assert "1 face(s) detailed" in done.stderr
+    assert np.array(Image.open(out)).shape == (256, 256, 3)
+    assert np.array(Image.open(tmp_path / "detailed_mask.png")).max() == 255
+    missing = run(["detail", "--image", str(tmp_path / "nope.png"), "--prompt", "x"], env={"PORTRAIT_URL": server.grpc_url})
+    assert missing.returncode == 2 and missing.stderr.startswith("error: image: cannot be read")

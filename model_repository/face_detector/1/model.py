@@ -1,0 +1,28 @@
+import os, sys  # noqa: E401  (the stub ignores PYTHONPATH; `portrait serve` passes the paths here)
+sys.path[:0] = [p for p in os.environ.get("PORTRAIT_PYTHONPATH", "").split(os.pathsep) if p]
+
+import numpy as np  # noqa: E402
+
+from portrait import triton_io as io  # noqa: E402
+from portrait.faces import HaarFaceDetector  # noqa: E402
+from portrait.params import MAX_FACES_LIMIT, check_int_range  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.detector = HaarFaceDetector()
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                max_faces = io.get_scalar(request, "max_faces") or MAX_FACES_LIMIT
+                check_int_range("max_faces", max_faces, 1, MAX_FACES_LIMIT)
+                faces = self.detector(io.get_array(request, "image"), max_faces)
+                landmarks = faces.landmarks if faces.landmarks is not None else np.zeros((len(faces.boxes), 0, 2), np.float32)
+                responses.append(io.pb_utils.InferenceResponse([
+                    io.tensor("boxes", faces.boxes), io.tensor("scores", faces.scores),
+                    io.tensor("keypoints", faces.keypoints), io.tensor("landmarks", landmarks)]))
+            except Exception as error:
+                responses.append(io.error_response(error))
+        return responses
