@@ -10,7 +10,10 @@ WEIGHTS := $(PORTRAIT_MODELS)/sdxl/model_index.json
 
 demo: $(STAMP) $(WEIGHTS)
 	$(VENV)/bin/portrait generate --prompt "portrait of a woman, oil painting, warm rim light, detailed" \
-		--negative-prompt "blurry, low quality" --seed 42 --out out/demo/base.png
+		--negative-prompt "blurry, low quality" --seed 42 --out out/demo/portrait.png
+	$(PY) -c "import PIL.Image as I, skimage, pathlib; p = pathlib.Path(skimage.__file__).parent / 'data/astronaut.png'; I.open(p).save('out/demo/face.png')"
+	$(VENV)/bin/portrait detail --image out/demo/face.png --prompt "portrait photo of a woman, detailed skin" \
+		--seed 42 --out out/demo/face_detailed.png
 
 test: $(STAMP) $(WEIGHTS)
 	$(PY) -m pytest -q

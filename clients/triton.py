@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import queue
 import re
+import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from portrait.errors import InvalidInput, PortraitError, ServerError
+from portrait.errors import Cancelled, InvalidInput, PortraitError, ServerError
 from portrait.params import DetailParams, Stage1Params
 
 # Triton datatype of each stage1 field (the config.pbtxt is the contract; this mirrors it)
@@ -18,7 +19,7 @@ STAGE1_TYPES = {
     "guidance_scale": "FP32", "guidance_cutoff": "FP32", "seed": "INT64", "batch_size": "INT32",
 }
 FIELD_ERROR = re.compile(r"([A-Za-z_]+): (.*)", re.S)  # the models' InvalidInput form: "field: limit"
-NUMPY_TYPES = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+NUMPY_TYPES = {"BOOL": np.bool_, "BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
 
 
 DETAIL_TYPES = {
@@ -33,6 +34,19 @@ class DetailOutput:
     mask: np.ndarray  # [H, W] uint8, 0 where the input's pixels are untouched
     boxes: np.ndarray  # [F, 4] float32
     faces_found: int
+
+
+PORTRAIT_RESULTS = ("base_image", "mask", "image", "boxes", "seed", "truncated_tokens")
+
+
+@dataclass(frozen=True)
+class PortraitOutput:
+    base_image: np.ndarray  # [H, W, 3] uint8, stage 1
+    mask: np.ndarray  # [H, W] uint8, stage 2's paste-back alpha (all 0 without stage 2 or faces)
+    image: np.ndarray  # [H, W, 3] uint8, final
+    boxes: np.ndarray  # [F, 4] faces detailed
+    seed: int
+    truncated_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,7 @@ class TritonClient:
             raise ServerError("streaming needs the gRPC protocol")
         responses: queue.Queue = queue.Queue()
         self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        finished = False
         try:
             self.client.async_stream_infer(model, self._inputs(arrays), outputs=[self.module.InferRequestedOutput(n) for n in outputs],
                                            enable_empty_final_response=True)
@@ -129,9 +144,11 @@ class TritonClient:
                 if found:
                     yield found
                 if result.get_response().parameters["triton_final_response"].bool_param:
+                    finished = True
                     return
         finally:
-            self.client.stop_stream()
+            # a consumer that stops early (closes the generator, an exception) cancels the request on the server
+            self.client.stop_stream(cancel_requests=not finished)
 
     def stage1(self, params: Stage1Params) -> Stage1Output:
         """Text-to-image; validated here first so bad values fail before any network round trip."""
@@ -145,6 +162,31 @@ class TritonClient:
         arrays["image"] = ("BYTES", np.array([image], dtype=np.object_))
         out = self.infer("face_detailer", arrays, ["image", "mask", "boxes", "faces_found"])
         return DetailOutput(out["image"], out["mask"], out["boxes"], int(out["faces_found"][0]))
+
+    def portrait(self, params: Stage1Params, detail: DetailParams | None,
+                 progress: Callable[[str, int, int], None] | None = None,
+                 cancel: threading.Event | None = None) -> PortraitOutput:
+        """Stage 1 then (unless `detail` is None) stage 2, streaming (stage, step, num_steps) to `progress`.
+        Stage 2 takes its strength / max_faces / margin / work_size from `detail`; the rest from `params`.
+        Setting `cancel` stops the request on the server within a step and raises Cancelled here."""
+        if params.batch_size != 1:
+            raise InvalidInput("batch_size", "the portrait model makes one image per request")
+        arrays = {name: (dt, encode_value(dt, getattr(params, name))) for name, dt in STAGE1_TYPES.items() if name != "batch_size"}
+        arrays["detail"] = ("BOOL", np.array([detail is not None]))
+        if detail is not None:
+            arrays.update({n: (DETAIL_TYPES[n], encode_value(DETAIL_TYPES[n], getattr(detail, n)))
+                           for n in ("strength", "max_faces", "margin", "work_size")})
+        final = {}
+        stream = self.stream("portrait", arrays, ["stage", "step", "num_steps", *PORTRAIT_RESULTS])
+        for out in stream:
+            if cancel is not None and cancel.is_set():
+                stream.close()  # cancels the request on the server
+                raise Cancelled("cancelled")
+            if "step" in out and progress is not None:
+                progress(out["stage"][0].decode(), int(out["step"][0]), int(out["num_steps"][0]))
+            final.update({k: v for k, v in out.items() if k in PORTRAIT_RESULTS})
+        return PortraitOutput(final["base_image"], final["mask"], final["image"], final["boxes"], int(final["seed"][0]),
+                              int(final["truncated_tokens"][0]))
 
     def model_statistics(self, model: str) -> dict:
         """Triton's inference statistics for one model as a plain dict (both protocols)."""

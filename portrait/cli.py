@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import io
 import signal
 import sys
 import threading
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from portrait.errors import InvalidInput, PortraitError
 
@@ -50,11 +55,39 @@ def server_client(url: str | None, protocol: str):
             yield embedded
 
 
-def cmd_generate(args) -> int:
-    from PIL import Image
+def generate_one(client, params, detail, protocol: str):
+    """One portrait: the streaming `portrait` model with a progress bar (gRPC), or stage1 + face_detailer (HTTP)."""
+    from clients import PortraitOutput
 
+    if protocol == "grpc":
+        from tqdm import tqdm
+
+        bars: dict = {}
+
+        def progress(stage: str, step: int, total: int) -> None:
+            if stage not in bars:
+                bars[stage] = tqdm(total=total, desc=f"{stage:>6}", unit="step", leave=True, file=sys.stderr)
+            bars[stage].update(step - bars[stage].n)
+
+        try:
+            return client.portrait(params, detail, progress)
+        finally:
+            for bar in bars.values():
+                bar.close()
+    first = client.stage1(params)  # HTTP has no streaming: the same two stages as plain requests
+    base, truncated = first.images[0], first.truncated_tokens
+    if detail is None:
+        return PortraitOutput(base, np.zeros(base.shape[:2], np.uint8), base, np.zeros((0, 4), np.float32), params.seed,
+                              truncated)
+    buffer = io.BytesIO()
+    Image.fromarray(base).save(buffer, format="PNG")
+    out = client.detail(buffer.getvalue(), detail)
+    return PortraitOutput(base, out.mask, out.image, out.boxes, params.seed, truncated)
+
+
+def cmd_generate(args) -> int:
     from portrait.checkpoint import read_sdxl_info
-    from portrait.params import Stage1Params
+    from portrait.params import DetailParams, Stage1Params
     from portrait.settings import get_settings
 
     size = read_sdxl_info(get_settings().sdxl_dir).default_size
@@ -73,13 +106,24 @@ def cmd_generate(args) -> int:
         steps=args.steps, guidance_scale=args.guidance, guidance_cutoff=args.guidance_cutoff, seed=args.seed,
         batch_size=args.batch_size,
     )
-    with server_client(args.url, args.protocol) as client:
-        out = client.stage1(params)
+    detail = None if args.no_detail else DetailParams(
+        prompt=params.prompt, negative_prompt=params.negative_prompt, steps=params.steps,
+        guidance_scale=params.guidance_scale, guidance_cutoff=params.guidance_cutoff, seed=params.seed,
+        strength=args.strength, max_faces=args.max_faces, margin=args.margin, work_size=size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(out.images):
-        path = args.out if i == 0 else args.out.with_name(f"{args.out.stem}_{i}{args.out.suffix}")
-        Image.fromarray(image).save(path)
-        print(f"{path}  (seed {out.seeds[i]})")
+    with server_client(args.url, args.protocol) as client:
+        for i, seed in enumerate(params.seeds):
+            path = args.out if i == 0 else args.out.with_name(f"{args.out.stem}_{i}{args.out.suffix}")
+            one = dataclasses.replace(params, seed=seed, batch_size=1)
+            out = generate_one(client, one, detail and dataclasses.replace(detail, seed=seed), args.protocol)
+            Image.fromarray(out.image).save(path)
+            print(f"{path}  (seed {seed})")
+            if detail is not None:
+                for name, image in (("base", out.base_image), ("mask", out.mask)):
+                    Image.fromarray(image).save(path.with_name(f"{path.stem}_{name}{path.suffix}"))
+                print(f"  base {path.with_name(path.stem + '_base' + path.suffix)}, mask "
+                      f"{path.with_name(path.stem + '_mask' + path.suffix)}; "
+                      + (f"{len(out.boxes)} face(s) detailed" if len(out.boxes) else "no face found in the base image"))
     if out.truncated_tokens:
         print(f"note: the prompt was {out.truncated_tokens} CLIP tokens over the 77-token limit; those were dropped",
               file=sys.stderr)
@@ -87,8 +131,6 @@ def cmd_generate(args) -> int:
 
 
 def cmd_detail(args) -> int:
-    from PIL import Image
-
     from portrait.checkpoint import read_sdxl_info
     from portrait.params import DetailParams
     from portrait.settings import get_settings
@@ -153,7 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="text -> image through Triton (starts an embedded server if none answers)")
     add_stage1_arguments(gen)
-    gen.add_argument("--out", type=Path, default=Path("out/base.png"), help="PNG path (batch: _1, _2 ... suffixes)")
+    gen.add_argument("--out", type=Path, default=Path("out/portrait.png"),
+                     help="final PNG; also <out>_base.png and <out>_mask.png (batch: _1, _2 ... suffixes)")
+    gen.add_argument("--no-detail", action="store_true", help="stage 1 only: skip face detailing")
+    gen.add_argument("--strength", type=float, default=0.6, help="stage 2: how far faces are re-noised (0, 1]")
+    gen.add_argument("--max-faces", type=int, default=4, help="stage 2: largest faces first")
+    gen.add_argument("--margin", type=float, default=0.35, help="stage 2: context around each face")
     gen.add_argument("--url", default=None, help="server host:port (default: PORTRAIT_URL)")
     gen.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     gen.set_defaults(func=cmd_generate)

@@ -96,10 +96,15 @@ class BlsBackend:
 
     TEXT = ["prompt_embeds", "pooled_prompt_embeds", "token_count"]
 
+    def __init__(self, job_id: str | None = None):
+        self.job_id = job_id  # passed to denoise so a cancelled caller can stop its loop (portrait/cancel.py)
+
     def encode_text(self, prompt: str) -> dict[str, np.ndarray]:
         return bls("text_encoder", {"prompt": np.array([[prompt.encode("utf-8")]], dtype=object)}, self.TEXT)
 
     def denoise(self, inputs: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        if self.job_id is not None:
+            inputs = {**inputs, "job_id": np.array([self.job_id.encode()], dtype=object)}
         return bls_stream("denoise", inputs, ["latents", "step", "num_steps"])
 
     def decode(self, latents: np.ndarray) -> np.ndarray:

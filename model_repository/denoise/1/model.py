@@ -9,6 +9,7 @@ import torch  # noqa: E402
 from portrait import triton_io as io  # noqa: E402
 from portrait.checkpoint import read_sdxl_info  # noqa: E402
 from portrait.conditioning import sdxl_time_ids  # noqa: E402
+from portrait.cancel import JOB_ID, cancel_requested, clear  # noqa: E402
 from portrait.denoise import Conditioning, UNetCall, denoise_steps  # noqa: E402
 from portrait.diffdiff import ImageGuide, hold_masks, latent_change_map, start_step  # noqa: E402
 from portrait.errors import Cancelled, InvalidInput  # noqa: E402
@@ -71,7 +72,12 @@ class TritonPythonModel:
 
     async def run(self, request):
         sender = request.get_response_sender()
+        job = None
         try:
+            job = io.get_scalar(request, "job_id")
+            if job is not None and not JOB_ID.match(job):
+                job, bad = None, job
+                raise InvalidInput("job_id", f"must be 32 hex digits, got {bad!r}")
             params, cond = self.decode(request)
             f = self.info.vae_scale_factor
             noise = initial_noise(list(params.seeds), (self.info.latent_channels, params.height // f, params.width // f))
@@ -84,7 +90,7 @@ class TritonPythonModel:
             steps = denoise_steps(scheduler, noise, cond, guided, params.guidance_scale, guide)
             call = next(steps)
             while True:
-                if request.is_cancelled():
+                if request.is_cancelled() or cancel_requested(job):
                     raise Cancelled(f"cancelled by the client at step {call.step} of {call.num_steps}")
                 noise_pred = await self.predict(call)
                 sender.send(pb.InferenceResponse([io.tensor("step", np.array([call.step + 1], np.int32)),
@@ -98,3 +104,5 @@ class TritonPythonModel:
                         flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         except Exception as error:  # this request ends with its error; the others go on
             sender.send(io.error_response(error), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        finally:
+            clear(job)

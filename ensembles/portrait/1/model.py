@@ -1,0 +1,76 @@
+import os, sys  # noqa: E401  (the stub ignores PYTHONPATH; `portrait serve` passes the paths here)
+sys.path[:0] = [p for p in os.environ.get("PORTRAIT_PYTHONPATH", "").split(os.pathsep) if p]
+
+import secrets  # noqa: E402
+import uuid  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from portrait import triton_io as io  # noqa: E402
+from portrait.cancel import request_cancel  # noqa: E402
+from portrait.checkpoint import read_sdxl_info  # noqa: E402
+from portrait.errors import Cancelled  # noqa: E402
+from portrait.orchestrate import detail_faces, generate_base  # noqa: E402
+from portrait.params import DetailParams, Stage1Params  # noqa: E402
+from portrait.settings import get_settings  # noqa: E402
+
+pb = io.pb_utils
+STAGE1 = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_cutoff", "seed")
+STAGE2 = ("prompt", "negative_prompt", "steps", "guidance_scale", "guidance_cutoff", "seed", "strength", "max_faces",
+          "margin", "work_size")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.info = read_sdxl_info(get_settings().sdxl_dir)
+        # execute() hands each request to a thread and returns: requests run side by side
+        self.pool = ThreadPoolExecutor(int(io.model_parameters(args).get("max_concurrent_requests", "8")))
+
+    def execute(self, requests):
+        for request in requests:
+            self.pool.submit(self.run, request)
+
+    def finalize(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def run(self, request):
+        sender = request.get_response_sender()
+        job = uuid.uuid4().hex
+        backend = io.BlsBackend(job_id=job)
+
+        def reporter(stage: str):
+            def report(step: int, total: int) -> None:
+                if request.is_cancelled():
+                    request_cancel(job)  # stops the denoise loop this request started
+                    raise Cancelled(f"cancelled by the client during {stage}, step {step} of {total}")
+                sender.send(pb.InferenceResponse([
+                    io.tensor("stage", np.array([stage.encode()], dtype=object)),
+                    io.tensor("step", np.array([step], np.int32)), io.tensor("num_steps", np.array([total], np.int32))]))
+            return report
+
+        try:
+            values = {k: io.get_scalar(request, k) for k in set(STAGE1) | set(STAGE2) | {"detail"}}
+            if values["seed"] is None:
+                values["seed"] = secrets.randbelow(2**31)
+            size = self.info.default_size
+            base_params = Stage1Params.from_mapping({k: values[k] for k in STAGE1}, {"width": size, "height": size})
+            detail = values["detail"] is not False
+            detail_params = DetailParams.from_mapping({k: values[k] for k in STAGE2}, {"work_size": size}) if detail else None
+            images, truncated = generate_base(backend, base_params, self.info.force_zeros_for_empty_prompt, reporter("base"))
+            base = images[0]
+            if detail_params is not None:
+                result = detail_faces(backend, base, detail_params, self.info.force_zeros_for_empty_prompt, reporter("detail"))
+                final, mask, boxes = result.image, result.mask, result.boxes
+            else:
+                final, mask, boxes = base, np.zeros(base.shape[:2], np.uint8), np.zeros((0, 4), np.float32)
+            sender.send(pb.InferenceResponse([
+                io.tensor("base_image", base), io.tensor("mask", mask), io.tensor("image", final),
+                io.tensor("boxes", boxes), io.tensor("seed", np.array([base_params.seed], np.int64)),
+                io.tensor("truncated_tokens", np.array([truncated], np.int32))]),
+                flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as error:
+            try:
+                sender.send(io.error_response(error), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except Exception:  # a cancelled request may refuse responses; there is nobody left to tell
+                pass
