@@ -8,6 +8,7 @@ keypoints from the ArcFace template.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -47,3 +48,49 @@ class HaarFaceDetector:
         order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")[:max_faces]
         boxes, scores = boxes[order], scores[keep][order].astype(np.float32)
         return Faces(boxes, scores, np.stack([estimate_keypoints(b) for b in boxes]))
+
+
+class InsightFaceDetector:
+    """SCRFD detection + 2d106 landmarks from InsightFace ONNX files (buffalo_l: det_10g.onnx, 2d106det.onnx),
+    decoded by insightface's own model_zoo code through ONNX Runtime."""
+
+    def __init__(self, pack_dir, det_size: int = 640, threshold: float = 0.5):
+        from insightface.model_zoo import get_model
+
+        providers = ["CPUExecutionProvider"]
+        self.detector = get_model(str(Path(pack_dir) / "det_10g.onnx"), providers=providers)
+        self.detector.prepare(ctx_id=-1, input_size=(det_size, det_size), det_thresh=threshold)
+        landmark_file = Path(pack_dir) / "2d106det.onnx"
+        self.landmarks = get_model(str(landmark_file), providers=providers) if landmark_file.exists() else None
+        if self.landmarks is not None:
+            self.landmarks.prepare(ctx_id=-1)
+
+    def __call__(self, image: np.ndarray, max_faces: int = 16) -> Faces:
+        """`image` [H, W, 3] uint8 RGB (insightface works in BGR)."""
+        from insightface.app.common import Face
+
+        bgr = np.ascontiguousarray(image[..., ::-1])
+        h, w = image.shape[:2]
+        dets, kpss = self.detector.detect(bgr, max_num=max_faces, metric="max")
+        boxes = dets[:, :4].copy()
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        keep = (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)
+        boxes, scores = boxes[keep].astype(np.float32), dets[keep, 4].astype(np.float32)
+        kps = (kpss[keep] if kpss is not None else np.stack([estimate_keypoints(b) for b in boxes])
+               if len(boxes) else np.zeros((0, 5, 2)))
+        kps = np.stack([k.clip([b[0], b[1]], [b[2], b[3]]) for k, b in zip(kps, boxes)]) if len(boxes) else kps
+        order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
+        boxes, scores, kps = boxes[order], scores[order], np.asarray(kps, np.float32)[order]
+        landmarks = None
+        if self.landmarks is not None:
+            landmarks = np.zeros((len(boxes), 106, 2), np.float32)
+            for i, (box, score, k) in enumerate(zip(boxes, scores, kps)):
+                landmarks[i] = self.landmarks.get(bgr, Face(bbox=box, kps=k, det_score=score))[:106, :2]
+        return Faces(boxes, scores, kps.reshape(-1, 5, 2), landmarks)
+
+
+def make_face_detector(models_dir) -> "HaarFaceDetector | InsightFaceDetector":
+    """InsightFace (SCRFD + 2d106) when the buffalo_l files are under <models>/insightface/, else Haar."""
+    pack = Path(models_dir) / "insightface"
+    return InsightFaceDetector(pack) if (pack / "det_10g.onnx").exists() else HaarFaceDetector()

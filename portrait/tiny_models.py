@@ -123,4 +123,55 @@ def build_tiny_model_set(models_dir: Path, seed: int = SEED, force: bool = False
     if force or not (models_dir / "sdxl" / "model_index.json").exists():
         models_dir.mkdir(parents=True, exist_ok=True)
         build_tiny_sdxl(models_dir / "sdxl", seed)
+    if force or not (models_dir / "insightface_tiny" / "2d106det.onnx").exists():
+        build_tiny_insightface(models_dir / "insightface_tiny", seed)
     return models_dir
+
+
+class TinySCRFD(torch.nn.Module):
+    """SCRFD's interface at toy size: strides 8/16/32, 2 anchors, outputs scores | boxes | keypoints per stride
+    as 2-D [rows, C] tensors (rows ordered y, x, anchor), as buffalo_l's det_10g.onnx."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.heads = torch.nn.ModuleList(torch.nn.Conv2d(8, 2 * (1 + 4 + 10), 1) for _ in range(3))
+
+    def forward(self, x):
+        feats = torch.relu(self.stem(x))
+        scores, boxes, kps = [], [], []
+        for stride, head in zip((8, 16, 32), self.heads):
+            out = head(torch.nn.functional.avg_pool2d(feats, stride)).permute(0, 2, 3, 1)  # [1, h, w, 30]
+            scores.append(torch.sigmoid(out[..., :2] - 0.5).reshape(-1, 1))
+            boxes.append(torch.relu(out[..., 2:10]).reshape(-1, 4) + 0.5)
+            kps.append(out[..., 10:30].reshape(-1, 10))
+        return (*scores, *boxes, *kps)
+
+
+class TinyLandmark106(torch.nn.Module):
+    """2d106det's interface: a 192x192 face crop -> [1, 212] (106 points in [-1, 1] of the crop)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 8, stride=8)
+        self.fc = torch.nn.Linear(4 * 24 * 24, 212)
+
+    def forward(self, x):
+        return torch.tanh(self.fc(torch.relu(self.conv(x)).flatten(1)))
+
+
+def build_tiny_insightface(out: Path, seed: int = SEED) -> Path:
+    """Seeded SCRFD- and 2d106-shaped ONNX (det_10g.onnx, 2d106det.onnx) that insightface's model_zoo routes and
+    decodes like the real buffalo_l files; they find nothing meaningful. Kept out of `insightface/` so the default
+    set keeps its real (Haar) detector; tests point the InsightFace detector here."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed + 10)
+    names = [f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in (8, 16, 32)]
+    torch.onnx.export(TinySCRFD().eval(), (torch.zeros(1, 3, 640, 640),), str(out / "det_10g.onnx"), dynamo=False,
+                      input_names=["input.1"], output_names=names, opset_version=17,
+                      dynamic_axes={"input.1": {2: "height", 3: "width"}, **{n: {0: "rows"} for n in names}})
+    torch.manual_seed(seed + 11)
+    torch.onnx.export(TinyLandmark106().eval(), (torch.zeros(1, 3, 192, 192),), str(out / "2d106det.onnx"), dynamo=False,
+                      input_names=["data"], output_names=["fc1"], opset_version=17)
+    return out

@@ -94,3 +94,25 @@ def test_paste_back_leaves_pixels_outside_the_mask_bit_identical():
     assert np.array_equal(out[outside], base[outside])
     full = alpha >= 1
     assert np.array_equal(out[crop.y0:crop.y1, crop.x0:crop.x1][full], patch[full])
+
+
+def test_insightface_path_decodes_the_seeded_buffalo_l_shaped_files(models_dir, tmp_path):
+    """The tiny SCRFD/2d106 ONNX go through insightface's own routing and decoding (they find nothing meaningful)."""
+    import shutil
+
+    from insightface.model_zoo import SCRFD, Landmark, get_model
+
+    from portrait.faces import HaarFaceDetector, InsightFaceDetector, make_face_detector
+
+    pack = models_dir / "insightface_tiny"
+    assert isinstance(get_model(str(pack / "det_10g.onnx"), providers=["CPUExecutionProvider"]), SCRFD)
+    assert isinstance(get_model(str(pack / "2d106det.onnx"), providers=["CPUExecutionProvider"]), Landmark)
+    image = package_file("skimage", "data/astronaut.png")
+    faces = InsightFaceDetector(pack)(image, max_faces=5)
+    assert 1 <= len(faces.boxes) <= 5
+    check_geometry(faces, image)
+    assert faces.landmarks.shape == (len(faces.boxes), 106, 2) and np.isfinite(faces.landmarks).all()
+    # the model picks InsightFace only when the pack sits at <models>/insightface/
+    assert isinstance(make_face_detector(tmp_path), HaarFaceDetector)
+    shutil.copytree(pack, tmp_path / "insightface")
+    assert isinstance(make_face_detector(tmp_path), InsightFaceDetector)

@@ -4,13 +4,15 @@ sys.path[:0] = [p for p in os.environ.get("PORTRAIT_PYTHONPATH", "").split(os.pa
 import numpy as np  # noqa: E402
 
 from portrait import triton_io as io  # noqa: E402
-from portrait.faces import HaarFaceDetector  # noqa: E402
+from portrait.faces import make_face_detector  # noqa: E402
 from portrait.params import MAX_FACES_LIMIT, check_int_range  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.detector = HaarFaceDetector()
+        from portrait.settings import get_settings
+
+        self.detector = make_face_detector(get_settings().models_dir)
 
     def execute(self, requests):
         responses = []
