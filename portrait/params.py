@@ -22,44 +22,51 @@ SEED_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
-class Stage1Params:
-    """Text-to-image request. `batch_size` images use seeds seed, seed+1, ... (one generator each)."""
+class SamplingParams:
+    """What every diffusion request has: the text, the schedule, guidance and the seed."""
 
     prompt: str
     negative_prompt: str = ""
-    width: int = 1024
-    height: int = 1024
     steps: int = 10
     guidance_scale: float = 5.0
     guidance_cutoff: float = 0.2
     seed: int = 0
-    batch_size: int = 1
 
     def __post_init__(self):
         check_prompt("prompt", self.prompt, required=True)
         check_prompt("negative_prompt", self.negative_prompt, required=False)
-        for name in ("width", "height"):
-            check_size(name, getattr(self, name))
         check_int_range("steps", self.steps, STEPS_MIN, STEPS_MAX)
         check_float_range("guidance_scale", self.guidance_scale, GUIDANCE_MIN, GUIDANCE_MAX)
         check_float_range("guidance_cutoff", self.guidance_cutoff, 0.0, 1.0)
         check_int_range("seed", self.seed, 0, SEED_MAX)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None):
+        """Build from decoded request fields; absent (None) ones come from `defaults`, then the class."""
+        merged = {**(defaults or {}), **{k: v for k, v in values.items() if v is not None}}
+        for name, spec in cls.__dataclass_fields__.items():
+            if name not in merged and spec.default is MISSING:
+                raise InvalidInput(name, "is required")
+        return cls(**merged)
+
+
+@dataclass(frozen=True)
+class Stage1Params(SamplingParams):
+    """Text-to-image request. `batch_size` images use seeds seed, seed+1, ... (one generator each)."""
+
+    width: int = 1024
+    height: int = 1024
+    batch_size: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("width", "height"):
+            check_size(name, getattr(self, name))
         check_int_range("batch_size", self.batch_size, BATCH_MIN, BATCH_MAX)
 
     @property
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.batch_size)]
-
-    from_mapping = classmethod(lambda cls, values, defaults=None: params_from_mapping(cls, values, defaults))
-
-
-def params_from_mapping(cls, values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None):
-    """Build a params dataclass from decoded request fields; absent (None) ones come from `defaults`, then the class."""
-    merged = {**(defaults or {}), **{k: v for k, v in values.items() if v is not None}}
-    for name, spec in cls.__dataclass_fields__.items():
-        if name not in merged and spec.default is MISSING:
-            raise InvalidInput(name, "is required")
-    return cls(**merged)
 
 
 def check_prompt(name: str, value: Any, *, required: bool) -> None:
@@ -85,6 +92,13 @@ def check_float_range(name: str, value: Any, lo: float, hi: float) -> None:
         raise InvalidInput(name, f"must be a finite number in [{lo:g}, {hi:g}], got {value!r}")
     if not lo <= value <= hi:
         raise InvalidInput(name, f"must be in [{lo:g}, {hi:g}], got {value:g}")
+
+
+def check_strength(steps: int, strength: Any) -> None:
+    """img2img strength in [0, 1] that runs at least one of `steps` (int(steps * strength) >= 1)."""
+    check_float_range("strength", strength, 0.0, 1.0)
+    if int(steps * strength) < 1:
+        raise InvalidInput("strength", f"runs no step: steps x strength must be >= 1, got {steps} x {strength:g}")
 
 
 def check_size(name: str, value: Any) -> None:
@@ -114,9 +128,7 @@ class DenoiseParams:
         check_int_range("seeds", len(self.seeds), BATCH_MIN, BATCH_MAX)
         for seed in self.seeds:
             check_int_range("seeds", seed, 0, SEED_MAX)
-        check_float_range("strength", self.strength, 0.0, 1.0)
-        if int(self.steps * self.strength) < 1:
-            raise InvalidInput("strength", f"runs no step: steps x strength must be >= 1, got {self.steps} x {self.strength:g}")
+        check_strength(self.steps, self.strength)
 
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # larger uploads are rejected before decoding
@@ -125,35 +137,20 @@ MARGIN_MIN, MARGIN_MAX = 0.0, 2.0
 
 
 @dataclass(frozen=True)
-class DetailParams:
-    """Stage 2 on one image: every face (largest first, up to `max_faces`) re-diffused at `work_size`."""
+class DetailParams(SamplingParams):
+    """Stage 2 on one image: every face (largest first, up to `max_faces`) re-diffused at `work_size`; face i uses seed + i."""
 
-    prompt: str
-    negative_prompt: str = ""
-    steps: int = 10
-    guidance_scale: float = 5.0
-    guidance_cutoff: float = 0.2
-    seed: int = 0
     strength: float = 0.6  # img2img strength of the face pass: the last int(steps * strength) steps run
     max_faces: int = 4
     margin: float = 0.35  # added around the face box on every side, as a fraction of its larger side
     work_size: int = 1024  # the crop is magnified to this square (the checkpoint's native size by default)
 
     def __post_init__(self):
-        check_prompt("prompt", self.prompt, required=True)
-        check_prompt("negative_prompt", self.negative_prompt, required=False)
-        check_int_range("steps", self.steps, STEPS_MIN, STEPS_MAX)
-        check_float_range("guidance_scale", self.guidance_scale, GUIDANCE_MIN, GUIDANCE_MAX)
-        check_float_range("guidance_cutoff", self.guidance_cutoff, 0.0, 1.0)
-        check_int_range("seed", self.seed, 0, SEED_MAX)
-        check_float_range("strength", self.strength, 0.0, 1.0)
-        if int(self.steps * self.strength) < 1:
-            raise InvalidInput("strength", f"runs no step: steps x strength must be >= 1, got {self.steps} x {self.strength:g}")
+        super().__post_init__()
+        check_strength(self.steps, self.strength)
         check_int_range("max_faces", self.max_faces, 1, MAX_FACES_LIMIT)
         check_float_range("margin", self.margin, MARGIN_MIN, MARGIN_MAX)
         check_size("work_size", self.work_size)
-
-    from_mapping = classmethod(lambda cls, values, defaults=None: params_from_mapping(cls, values, defaults))
 
 
 def decode_image(data: bytes, field: str = "image") -> "np.ndarray":

@@ -51,6 +51,17 @@ def error_response(error: Exception) -> "pb_utils.InferenceResponse":
     return pb_utils.InferenceResponse(error=to_triton_error(error))
 
 
+def respond_each(requests, handle) -> list:
+    """One response per request: a request that fails gets its own error response; the others are unaffected."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(handle(request))
+        except Exception as error:
+            responses.append(error_response(error))
+    return responses
+
+
 def to_triton_error(error: Exception) -> "pb_utils.TritonError":
     if isinstance(error, pb_utils.TritonError):
         return error

@@ -30,11 +30,6 @@ class VAEModel:
         return decode_latents(self.vae, torch.from_numpy(batch))
 
     def execute(self, requests):
-        # requests of different sizes each get their own forward
-        responses = []
-        for r in requests:
-            try:
-                responses.append(io.pb_utils.InferenceResponse([io.tensor(self.out_name, self.run(io.get_array(r, self.in_name)))]))
-            except Exception as error:  # one bad request must not fail the others in the batch
-                responses.append(io.error_response(error))
-        return responses
+        # requests of different sizes each get their own forward; one bad request does not fail the others
+        return io.respond_each(requests, lambda r: io.pb_utils.InferenceResponse(
+            [io.tensor(self.out_name, self.run(io.get_array(r, self.in_name)))]))

@@ -2,8 +2,9 @@ import os, sys  # noqa: E401  (the stub ignores PYTHONPATH; `portrait serve` pas
 sys.path[:0] = [p for p in os.environ.get("PORTRAIT_PYTHONPATH", "").split(os.pathsep) if p]
 
 import secrets  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
 import uuid  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -24,15 +25,30 @@ STAGE2 = ("prompt", "negative_prompt", "steps", "guidance_scale", "guidance_cuto
 class TritonPythonModel:
     def initialize(self, args):
         self.info = read_sdxl_info(get_settings().sdxl_dir)
-        # execute() hands each request to a thread and returns: requests run side by side
-        self.pool = ThreadPoolExecutor(int(io.model_parameters(args).get("max_concurrent_requests", "8")))
+        self.slots = threading.BoundedSemaphore(int(io.model_parameters(args).get("max_concurrent_requests", "8")))
+        self.in_flight = 0
+        self.lock = threading.Lock()
 
     def execute(self, requests):
+        # each request runs in its own daemon thread (as Triton's decoupled examples): execute returns at once,
+        # and a stub shutting down is never held by a worker thread
         for request in requests:
-            self.pool.submit(self.run, request)
+            with self.lock:
+                self.in_flight += 1
+            threading.Thread(target=self.run_in_slot, args=(request,), daemon=True).start()
 
     def finalize(self):
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        deadline = time.monotonic() + 10
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def run_in_slot(self, request):
+        try:
+            with self.slots:
+                self.run(request)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
     def run(self, request):
         sender = request.get_response_sender()

@@ -21,13 +21,7 @@ class TritonPythonModel:
         self.backend = io.BlsBackend()
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self.detail(request))
-            except Exception as error:
-                responses.append(io.error_response(error))
-        return responses
+        return io.respond_each(requests, self.detail)
 
     def detail(self, request):
         data = io.get_array(request, "image")

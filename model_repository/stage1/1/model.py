@@ -21,13 +21,7 @@ class TritonPythonModel:
         self.backend = io.BlsBackend()
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self.generate(request))
-            except Exception as error:
-                responses.append(io.error_response(error))
-        return responses
+        return io.respond_each(requests, self.generate)
 
     def generate(self, request):
         values = {k: io.get_scalar(request, k) for k in FIELDS}
