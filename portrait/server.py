@@ -147,15 +147,22 @@ class TritonServer:
             return ""
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (Triton drains in-flight requests), then SIGKILL the process group if it lingers."""
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM (Triton drains in-flight requests), then SIGKILL what is left of the server's process group."""
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # the server leads its own process group (start_new_session): whatever is left in it, a Python-backend
+        # stub that did not exit with its server included, goes too
         try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        except ProcessLookupError:
+            pass
+        self.process.wait()
 
     def __enter__(self):
         return self.start() if self.process is None else self

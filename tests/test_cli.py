@@ -104,3 +104,13 @@ def test_detail_writes_the_image_and_its_mask(server, tmp_path):
     assert np.array(Image.open(tmp_path / "detailed_mask.png")).max() == 255
     missing = run(["detail", "--image", str(tmp_path / "nope.png"), "--prompt", "x"], env={"PORTRAIT_URL": server.grpc_url})
     assert missing.returncode == 2 and missing.stderr.startswith("error: image: cannot be read")
+
+
+def test_stopping_a_server_leaves_no_process_behind(models_dir):
+    from portrait.server import TritonServer
+
+    server = TritonServer.create(free_ports=True).start()
+    group = server.process.pid
+    server.stop()
+    left = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"processes left in the server's group: {left}"
