@@ -78,6 +78,11 @@ def as_portrait_error(error: Exception) -> PortraitError:
     return ServerError(f"{type(error).__name__}: {error}")
 
 
+def field_arrays(params, types: dict[str, str], names=None) -> dict[str, tuple[str, np.ndarray]]:
+    """Request arrays {name: (datatype, array)} for the params fields in `names` (default: all of `types`)."""
+    return {n: (types[n], encode_value(types[n], getattr(params, n))) for n in (names or types)}
+
+
 def encode_value(datatype: str, value) -> np.ndarray:
     if datatype == "BYTES":
         return np.array([value.encode("utf-8")], dtype=np.object_)
@@ -152,13 +157,13 @@ class TritonClient:
 
     def stage1(self, params: Stage1Params) -> Stage1Output:
         """Text-to-image; validated here first so bad values fail before any network round trip."""
-        arrays = {name: (dt, encode_value(dt, getattr(params, name))) for name, dt in STAGE1_TYPES.items()}
+        arrays = field_arrays(params, STAGE1_TYPES)
         out = self.infer("stage1", arrays, ["images", "seeds", "truncated_tokens"])
         return Stage1Output(out["images"], [int(s) for s in out["seeds"]], int(out["truncated_tokens"][0]))
 
     def detail(self, image: bytes, params: DetailParams) -> DetailOutput:
         """Stage 2 on an encoded image (PNG/JPEG bytes); no face found comes back unchanged with faces_found 0."""
-        arrays = {name: (dt, encode_value(dt, getattr(params, name))) for name, dt in DETAIL_TYPES.items()}
+        arrays = field_arrays(params, DETAIL_TYPES)
         arrays["image"] = ("BYTES", np.array([image], dtype=np.object_))
         out = self.infer("face_detailer", arrays, ["image", "mask", "boxes", "faces_found"])
         return DetailOutput(out["image"], out["mask"], out["boxes"], int(out["faces_found"][0]))
@@ -171,11 +176,10 @@ class TritonClient:
         Setting `cancel` stops the request on the server within a step and raises Cancelled here."""
         if params.batch_size != 1:
             raise InvalidInput("batch_size", "the portrait model makes one image per request")
-        arrays = {name: (dt, encode_value(dt, getattr(params, name))) for name, dt in STAGE1_TYPES.items() if name != "batch_size"}
+        arrays = field_arrays(params, STAGE1_TYPES, [n for n in STAGE1_TYPES if n != "batch_size"])
         arrays["detail"] = ("BOOL", np.array([detail is not None]))
         if detail is not None:
-            arrays.update({n: (DETAIL_TYPES[n], encode_value(DETAIL_TYPES[n], getattr(detail, n)))
-                           for n in ("strength", "max_faces", "margin", "work_size")})
+            arrays.update(field_arrays(detail, DETAIL_TYPES, ("strength", "max_faces", "margin", "work_size")))
         final = {}
         stream = self.stream("portrait", arrays, ["stage", "step", "num_steps", *PORTRAIT_RESULTS])
         for out in stream:

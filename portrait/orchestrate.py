@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 
 from portrait.masks import face_mask, feather, paste_back, resize_square, square_crop_box
-from portrait.params import MAX_PROMPT_TOKENS, DetailParams, Stage1Params
+from portrait.params import MAX_PROMPT_TOKENS, DetailParams, Stage1Params, negative_is_zeros
 
 Progress = Callable[[int, int], None]  # (step done, steps in this stage)
 
@@ -27,7 +27,7 @@ class Backend(Protocol):
 def text_inputs(backend: Backend, prompt: str, negative: str, n: int, force_zeros: bool) -> tuple[dict, int]:
     """The four conditioning tensors for `n` rows; zeros for an empty negative (force_zeros_for_empty_prompt)."""
     pos = backend.encode_text(prompt)
-    neg = backend.encode_text(negative) if negative or not force_zeros else {k: np.zeros_like(v) for k, v in pos.items()}
+    neg = {k: np.zeros_like(v) for k, v in pos.items()} if negative_is_zeros(negative, force_zeros) else backend.encode_text(negative)
     inputs = {
         "prompt_embeds": pos["prompt_embeds"].repeat(n, 0), "pooled_prompt_embeds": pos["pooled_prompt_embeds"].repeat(n, 0),
         "negative_prompt_embeds": neg["prompt_embeds"].repeat(n, 0),

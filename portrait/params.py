@@ -69,6 +69,11 @@ class Stage1Params(SamplingParams):
         return [self.seed + i for i in range(self.batch_size)]
 
 
+def negative_is_zeros(negative_prompt: str, force_zeros_for_empty_prompt: bool) -> bool:
+    """diffusers' SDXL rule: an empty negative prompt is zero embeddings when the checkpoint says so."""
+    return not negative_prompt and force_zeros_for_empty_prompt
+
+
 def check_prompt(name: str, value: Any, *, required: bool) -> None:
     if not isinstance(value, str):
         raise InvalidInput(name, f"must be text, got {type(value).__name__}")

@@ -12,7 +12,7 @@ from portrait.conditioning import sdxl_time_ids
 from portrait.denoise import Conditioning, denoise_steps, run_denoise
 from portrait.guidance import guided_steps
 from portrait.noise import initial_noise
-from portrait.params import Stage1Params
+from portrait.params import Stage1Params, negative_is_zeros
 from portrait.schedules import make_scheduler
 from portrait.checkpoint import read_sdxl_info
 from portrait.sdxl import TextEncoders, decode_latents, load_unet, load_vae, predict_noise
@@ -28,11 +28,11 @@ def build_conditioning(text: TextEncoders, params: Stage1Params, force_zeros: bo
     """Encode prompt and negative prompt for `batch_size` images; zeros for an empty negative if the model says so."""
     n = params.batch_size
     pos = text([params.prompt])
-    if params.negative_prompt or not force_zeros:
+    if negative_is_zeros(params.negative_prompt, force_zeros):
+        neg_embeds, neg_pooled = torch.zeros_like(pos.embeds), torch.zeros_like(pos.pooled)
+    else:
         neg = text([params.negative_prompt])
         neg_embeds, neg_pooled = neg.embeds, neg.pooled
-    else:
-        neg_embeds, neg_pooled = torch.zeros_like(pos.embeds), torch.zeros_like(pos.pooled)
     time_ids = sdxl_time_ids(params.height, params.width).expand(n, 6)
     cond = Conditioning(pos.embeds.expand(n, -1, -1), pos.pooled.expand(n, -1),
                         neg_embeds.expand(n, -1, -1), neg_pooled.expand(n, -1), time_ids)
