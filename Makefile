@@ -9,11 +9,12 @@ WEIGHTS := $(PORTRAIT_MODELS)/sdxl/model_index.json
 .PHONY: demo test install weights serve benchmark clean
 
 demo: $(STAMP) $(WEIGHTS)
-	$(VENV)/bin/portrait generate --prompt "portrait of a woman, oil painting, warm rim light, detailed" \
-		--negative-prompt "blurry, low quality" --seed 42 --out out/demo/portrait.png
+	@mkdir -p out/demo
 	$(PY) -c "import PIL.Image as I, skimage, pathlib; p = pathlib.Path(skimage.__file__).parent / 'data/astronaut.png'; I.open(p).save('out/demo/face.png')"
-	$(VENV)/bin/portrait detail --image out/demo/face.png --prompt "portrait photo of a woman, detailed skin" \
-		--seed 42 --out out/demo/face_detailed.png
+	$(VENV)/bin/portrait generate --prompt "portrait of a woman img, oil painting, warm rim light, detailed" \
+		--negative-prompt "blurry, low quality" --face out/demo/face.png --seed 42 --out out/demo/portrait.png
+	$(VENV)/bin/portrait detail --image out/demo/face.png --face out/demo/face.png \
+		--prompt "portrait photo of a woman img, detailed skin" --seed 42 --out out/demo/face_detailed.png
 
 test: $(STAMP) $(WEIGHTS)
 	$(PY) -m pytest -q

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from portrait.errors import Cancelled, InvalidInput, PortraitError, ServerError
-from portrait.params import DetailParams, Stage1Params
+from portrait.params import DetailParams, Stage1Params, check_id_images, text_only_prompt
 
 # Triton datatype of each stage1 field (the config.pbtxt is the contract; this mirrors it)
 STAGE1_TYPES = {
@@ -25,6 +25,7 @@ NUMPY_TYPES = {"BOOL": np.bool_, "BYTES": np.object_, "INT32": np.int32, "INT64"
 DETAIL_TYPES = {
     "prompt": "BYTES", "negative_prompt": "BYTES", "steps": "INT32", "guidance_scale": "FP32", "guidance_cutoff": "FP32",
     "seed": "INT64", "strength": "FP32", "max_faces": "INT32", "margin": "FP32", "work_size": "INT32",
+    "style_strength": "FP32",
 }
 
 
@@ -81,6 +82,16 @@ def as_portrait_error(error: Exception) -> PortraitError:
 def field_arrays(params, types: dict[str, str], names=None) -> dict[str, tuple[str, np.ndarray]]:
     """Request arrays {name: (datatype, array)} for the params fields in `names` (default: all of `types`)."""
     return {n: (types[n], encode_value(types[n], getattr(params, n))) for n in (names or types)}
+
+
+def identity_arrays(faces: list[bytes] | None) -> dict[str, tuple[str, np.ndarray]]:
+    """The `id_images` input (encoded identity photos), checked against the server's limit first; {} without faces."""
+    if not faces:
+        return {}
+    check_id_images(len(faces))
+    array = np.empty(len(faces), dtype=np.object_)
+    array[:] = [bytes(f) for f in faces]
+    return {"id_images": ("BYTES", array)}
 
 
 def encode_value(datatype: str, value) -> np.ndarray:
@@ -161,25 +172,35 @@ class TritonClient:
         out = self.infer("stage1", arrays, ["images", "seeds", "truncated_tokens"])
         return Stage1Output(out["images"], [int(s) for s in out["seeds"]], int(out["truncated_tokens"][0]))
 
-    def detail(self, image: bytes, params: DetailParams) -> DetailOutput:
-        """Stage 2 on an encoded image (PNG/JPEG bytes); no face found comes back unchanged with faces_found 0."""
-        arrays = field_arrays(params, DETAIL_TYPES)
+    def detail(self, image: bytes, params: DetailParams, faces: list[bytes] | None = None) -> DetailOutput:
+        """Stage 2 on an encoded image (PNG/JPEG bytes); no face found comes back unchanged with faces_found 0.
+        `faces`: encoded identity photos (PhotoMaker V2); the prompt then holds "<class word> img"."""
+        if faces:
+            text_only_prompt(params.prompt)  # the trigger word is checked before the photos travel
+        arrays = {**field_arrays(params, DETAIL_TYPES), **identity_arrays(faces)}
         arrays["image"] = ("BYTES", np.array([image], dtype=np.object_))
         out = self.infer("face_detailer", arrays, ["image", "mask", "boxes", "faces_found"])
         return DetailOutput(out["image"], out["mask"], out["boxes"], int(out["faces_found"][0]))
 
     def portrait(self, params: Stage1Params, detail: DetailParams | None,
                  progress: Callable[[str, int, int], None] | None = None,
-                 cancel: threading.Event | None = None) -> PortraitOutput:
+                 cancel: threading.Event | None = None, faces: list[bytes] | None = None) -> PortraitOutput:
         """Stage 1 then (unless `detail` is None) stage 2, streaming (stage, step, num_steps) to `progress`.
-        Stage 2 takes its strength / max_faces / margin / work_size from `detail`; the rest from `params`.
+        Stage 2 takes its strength / max_faces / margin / work_size / style_strength from `detail`; the rest from
+        `params`. `faces`: encoded identity photos (PhotoMaker V2, needs stage 2); the prompt then holds
+        "<class word> img" and stage 1 runs on the prompt without the trigger word.
         Setting `cancel` stops the request on the server within a step and raises Cancelled here."""
         if params.batch_size != 1:
             raise InvalidInput("batch_size", "the portrait model makes one image per request")
+        if faces and detail is None:
+            raise InvalidInput("id_images", "need stage 2 (detail): identity is injected there")
+        if faces:
+            text_only_prompt(params.prompt)
         arrays = field_arrays(params, STAGE1_TYPES, [n for n in STAGE1_TYPES if n != "batch_size"])
         arrays["detail"] = ("BOOL", np.array([detail is not None]))
         if detail is not None:
-            arrays.update(field_arrays(detail, DETAIL_TYPES, ("strength", "max_faces", "margin", "work_size")))
+            arrays.update(field_arrays(detail, DETAIL_TYPES, ("strength", "max_faces", "margin", "work_size", "style_strength")))
+        arrays.update(identity_arrays(faces))
         final = {}
         stream = self.stream("portrait", arrays, ["stage", "step", "num_steps", *PORTRAIT_RESULTS])
         for out in stream:

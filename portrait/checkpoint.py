@@ -52,3 +52,15 @@ def read_sdxl_info(sdxl_dir: Path) -> SDXLInfo:
         scheduler_config=json.loads((d / "scheduler" / "scheduler_config.json").read_text()),
         force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
     )
+
+
+PHOTOMAKER_FILES = ("photomaker-v2.bin", "photomaker-v2.safetensors")
+
+
+def find_photomaker_file(models_dir: Path) -> Path | None:
+    """<models>/photomaker/photomaker-v2.bin (or the flat .safetensors form), or None: identity is then unavailable."""
+    for name in PHOTOMAKER_FILES:
+        path = Path(models_dir) / "photomaker" / name
+        if path.exists():
+            return path
+    return None

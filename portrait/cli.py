@@ -34,6 +34,31 @@ def add_stage1_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1, help=f"[{P.BATCH_MIN}, {P.BATCH_MAX}]")
 
 
+def add_identity_arguments(p: argparse.ArgumentParser) -> None:
+    from portrait import params as P
+
+    p.add_argument("--face", type=Path, action="append", default=[], metavar="PHOTO",
+                   help=f"identity photo (repeat, up to {P.MAX_ID_IMAGES}): PhotoMaker V2 puts this person's identity "
+                        f"into the detailed face; the prompt must then hold '<class word> {P.TRIGGER_WORD}'")
+    p.add_argument("--style-strength", type=float, default=20.0,
+                   help=f"identity: %% of the stage-2 steps run on the text alone before the identity merges in "
+                        f"[{P.STYLE_STRENGTH_MIN:g}, {P.STYLE_STRENGTH_MAX:g}] (PhotoMaker's start_merge_step; higher: "
+                        f"more style, less likeness)")
+
+
+def read_faces(paths: list[Path]) -> list[bytes]:
+    from portrait.params import check_id_images
+
+    check_id_images(len(paths))
+    faces = []
+    for path in paths:
+        try:
+            faces.append(path.read_bytes())
+        except OSError as error:
+            raise InvalidInput("id_images", f"{path} cannot be read: {error.strerror}") from None
+    return faces
+
+
 @contextlib.contextmanager
 def server_client(url: str | None, protocol: str):
     """A client for the server at `url`, or for an embedded server started (and stopped) here if none answers."""
@@ -55,7 +80,7 @@ def server_client(url: str | None, protocol: str):
             yield embedded
 
 
-def generate_one(client, params, detail, protocol: str):
+def generate_one(client, params, detail, protocol: str, faces: list[bytes] | None = None):
     """One portrait: the streaming `portrait` model with a progress bar (gRPC), or stage1 + face_detailer (HTTP)."""
     from clients import PortraitOutput
 
@@ -70,10 +95,14 @@ def generate_one(client, params, detail, protocol: str):
             bars[stage].update(step - bars[stage].n)
 
         try:
-            return client.portrait(params, detail, progress)
+            return client.portrait(params, detail, progress, faces=faces)
         finally:
             for bar in bars.values():
                 bar.close()
+    if faces:
+        from portrait.params import text_only_prompt
+
+        params = dataclasses.replace(params, prompt=text_only_prompt(params.prompt))  # stage 1 has no identity
     first = client.stage1(params)  # HTTP has no streaming: the same two stages as plain requests
     base, truncated = first.images[0], first.truncated_tokens
     if detail is None:
@@ -81,7 +110,7 @@ def generate_one(client, params, detail, protocol: str):
                               truncated)
     buffer = io.BytesIO()
     Image.fromarray(base).save(buffer, format="PNG")
-    out = client.detail(buffer.getvalue(), detail)
+    out = client.detail(buffer.getvalue(), detail, faces)
     return PortraitOutput(base, out.mask, out.image, out.boxes, params.seed, truncated)
 
 
@@ -92,11 +121,16 @@ def cmd_generate(args) -> int:
 
     size = read_sdxl_info(get_settings().sdxl_dir).default_size
     prompt, negative = args.prompt, args.negative_prompt
+    faces = read_faces(args.face)
+    if faces and args.no_detail:
+        raise InvalidInput("id_images", "need stage 2: --face cannot go with --no-detail")
     if args.idea is not None:
         from prompt_agent import PromptAgentError, build_prompt
+        from portrait.params import TRIGGER_WORD
 
         try:
-            agent = build_prompt(args.idea)
+            agent = build_prompt(args.idea, class_word=args.class_word if faces else None,
+                                 trigger=TRIGGER_WORD if faces else None)
         except PromptAgentError as error:
             raise InvalidInput("idea", str(error)) from None
         prompt, negative = agent.prompt, agent.negative_prompt if negative is None else negative
@@ -109,13 +143,14 @@ def cmd_generate(args) -> int:
     detail = None if args.no_detail else DetailParams(
         prompt=params.prompt, negative_prompt=params.negative_prompt, steps=params.steps,
         guidance_scale=params.guidance_scale, guidance_cutoff=params.guidance_cutoff, seed=params.seed,
-        strength=args.strength, max_faces=args.max_faces, margin=args.margin, work_size=size)
+        strength=args.strength, max_faces=args.max_faces, margin=args.margin, work_size=size,
+        style_strength=args.style_strength)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with server_client(args.url, args.protocol) as client:
         for i, seed in enumerate(params.seeds):
             path = args.out if i == 0 else args.out.with_name(f"{args.out.stem}_{i}{args.out.suffix}")
             one = dataclasses.replace(params, seed=seed, batch_size=1)
-            out = generate_one(client, one, detail and dataclasses.replace(detail, seed=seed), args.protocol)
+            out = generate_one(client, one, detail and dataclasses.replace(detail, seed=seed), args.protocol, faces)
             Image.fromarray(out.image).save(path)
             print(f"{path}  (seed {seed})")
             if detail is not None:
@@ -139,13 +174,15 @@ def cmd_detail(args) -> int:
         prompt=args.prompt, negative_prompt=args.negative_prompt or "", steps=args.steps, guidance_scale=args.guidance,
         guidance_cutoff=args.guidance_cutoff, seed=args.seed, strength=args.strength, max_faces=args.max_faces,
         margin=args.margin, work_size=args.work_size or read_sdxl_info(get_settings().sdxl_dir).default_size,
+        style_strength=args.style_strength,
     )
     try:
         data = args.image.read_bytes()
     except OSError as error:
         raise InvalidInput("image", f"cannot be read: {error.strerror}") from None
+    faces = read_faces(args.face)
     with server_client(args.url, args.protocol) as client:
-        out = client.detail(data, params)
+        out = client.detail(data, params, faces)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(out.image).save(args.out)
     mask_path = args.out.with_name(f"{args.out.stem}_mask{args.out.suffix}")
@@ -201,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--strength", type=float, default=0.6, help="stage 2: how far faces are re-noised (0, 1]")
     gen.add_argument("--max-faces", type=int, default=4, help="stage 2: largest faces first")
     gen.add_argument("--margin", type=float, default=0.35, help="stage 2: context around each face")
+    add_identity_arguments(gen)
+    gen.add_argument("--class-word", default="person", help="with --idea and --face: the class word the agent puts "
+                     "before the trigger word (woman, man, person, ...)")
     gen.add_argument("--url", default=None, help="server host:port (default: PORTRAIT_URL)")
     gen.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     gen.set_defaults(func=cmd_generate)
@@ -217,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     detail.add_argument("--max-faces", type=int, default=4, help="largest faces first")
     detail.add_argument("--margin", type=float, default=0.35, help="context around each face, fraction of its size")
     detail.add_argument("--work-size", type=int, default=None, help="crop side the face is magnified to (default: native)")
+    add_identity_arguments(detail)
     detail.add_argument("--out", type=Path, default=Path("out/detail.png"), help="also writes <out>_mask.png")
     detail.add_argument("--url", default=None)
     detail.add_argument("--protocol", choices=("grpc", "http"), default="grpc")

@@ -32,3 +32,57 @@ def encode_prompts(tokenizers, text_encoders, prompts: list[str]) -> TextEncodin
         if counts is None:
             counts = torch.tensor([len(t) for t in tokenizer(prompts, truncation=False).input_ids])
     return TextEncoding(torch.cat(hidden, dim=-1).float(), pooled.float(), counts)
+
+
+@dataclass(frozen=True)
+class TriggerEncoding:
+    embeds: torch.Tensor  # [1, 77, D]: the class token repeated num_tokens x N times, trigger removed
+    pooled: torch.Tensor  # [1, P]
+    class_tokens_mask: torch.Tensor  # [1, 77] bool: the repeated class-token positions
+    token_count: int  # tokens before truncation
+
+
+def trigger_tokenizer(tokenizer, trigger: str):
+    """A copy of `tokenizer` with the trigger word added as PhotoMaker adds it (one special token)."""
+    import copy
+
+    with_trigger = copy.deepcopy(tokenizer)
+    with_trigger.add_tokens([trigger], special_tokens=True)
+    return with_trigger
+
+
+@torch.no_grad()
+def encode_with_trigger(tokenizers, text_encoders, prompt: str, num_id_images: int, num_tokens: int,
+                        trigger: str) -> TriggerEncoding:
+    """PhotoMaker V2's encode_prompt_with_trigger_word: find the trigger token, drop it, repeat the token before it
+    (the class word) num_tokens x N times and mark those positions; pad or cut to 77 as the reference does.
+    `tokenizers` must already hold the trigger token (`trigger_tokenizer`)."""
+    from portrait.errors import InvalidInput
+
+    hidden, pooled, mask, count = [], None, None, 0
+    repeat = num_id_images * num_tokens
+    for tokenizer, encoder in zip(tokenizers, text_encoders):
+        trigger_id = tokenizer.convert_tokens_to_ids(trigger)
+        clean, class_index = [], []
+        for token in tokenizer.encode(prompt):
+            if token == trigger_id:
+                class_index.append(len(clean) - 1)
+            else:
+                clean.append(token)
+        if len(class_index) != 1:
+            raise InvalidInput("prompt", f"must contain the trigger word '{trigger}' once, found it {len(class_index)} times")
+        at = class_index[0]
+        if at < 1:
+            raise InvalidInput("prompt", f"the trigger word '{trigger}' must follow a class word, as in 'a woman {trigger}'")
+        max_len = tokenizer.model_max_length
+        if at + repeat > max_len:
+            raise InvalidInput("prompt", f"the class word before '{trigger}' is token {at}; with {num_id_images} identity "
+                                         f"photo(s) it must be among the first {max_len - repeat} tokens")
+        ids = clean[:at] + [clean[at]] * repeat + clean[at + 1:]
+        count = len(ids)
+        ids = ids[:max_len] + [tokenizer.pad_token_id] * (max_len - len(ids))
+        mask = torch.tensor([[at <= i < at + repeat for i in range(max_len)]])
+        out = encoder(torch.tensor([ids], device=encoder.device), output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        pooled = out[0]
+    return TriggerEncoding(torch.cat(hidden, dim=-1).float(), pooled.float(), mask, count)

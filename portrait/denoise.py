@@ -22,6 +22,16 @@ class Conditioning:
     negative_embeds: torch.Tensor  # [B, 77, D]
     negative_pooled: torch.Tensor  # [B, P]
     time_ids: torch.Tensor  # [B, 6]
+    # identity (PhotoMaker V2): the fused embeddings replace embeds / pooled on steps after start_merge_step
+    id_embeds: torch.Tensor | None = None  # [B, 77, D]
+    id_pooled: torch.Tensor | None = None  # [B, P]
+    start_merge_step: int = 0
+
+    def positive(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditional rows' (embeds, pooled) at loop step `step`: text-only while step <= start_merge_step."""
+        if self.id_embeds is not None and step > self.start_merge_step:
+            return self.id_embeds, self.id_pooled
+        return self.embeds, self.pooled
 
 
 @dataclass(frozen=True)
@@ -51,17 +61,16 @@ def denoise_steps(
     timesteps, sigmas = scheduler.timesteps[begin:], scheduler.sigmas[begin:]  # sigmas has one more: the final 0
     latents = latents * scheduler.init_noise_sigma if guide is None else guide.apply(latents, 0, sigmas[0])
     num_steps = len(timesteps)
-    doubled = {
-        True: [torch.cat([cond.negative_embeds, cond.embeds]), torch.cat([cond.negative_pooled, cond.pooled]),
-               torch.cat([cond.time_ids, cond.time_ids])],
-        False: [cond.embeds, cond.pooled, cond.time_ids],
-    }
     for i, t in enumerate(timesteps):
         if guide is not None and i:
             latents = guide.apply(latents, i, sigmas[i])
         sample = torch.cat([latents, latents]) if guided[i] else latents  # [R, C, h, w]
         sample = scheduler.scale_model_input(sample, t)
-        embeds, pooled, time_ids = doubled[guided[i]]
+        embeds, pooled = cond.positive(i)
+        time_ids = cond.time_ids
+        if guided[i]:
+            embeds, pooled = torch.cat([cond.negative_embeds, embeds]), torch.cat([cond.negative_pooled, pooled])
+            time_ids = torch.cat([time_ids, time_ids])
         noise = yield UNetCall(sample, t.expand(sample.shape[0]).float(), embeds, pooled, time_ids, i, num_steps)
         if guided[i]:
             noise = combine_guidance(noise, guidance_scale)

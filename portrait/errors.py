@@ -10,7 +10,7 @@ class InvalidInput(PortraitError, ValueError):
 
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
-        self.field = field
+        self.field, self.message = field, message
 
 
 class ModelSetError(PortraitError):

@@ -94,3 +94,36 @@ def make_face_detector(models_dir) -> "HaarFaceDetector | InsightFaceDetector":
     """InsightFace (SCRFD + 2d106) when the buffalo_l files are under <models>/insightface/, else Haar."""
     pack = Path(models_dir) / "insightface"
     return InsightFaceDetector(pack) if (pack / "det_10g.onnx").exists() else HaarFaceDetector()
+
+
+ARCFACE_FILE = "w600k_r50.onnx"
+
+
+class FaceEmbedder:
+    """ArcFace identity embeddings with InsightFace's recognition ONNX (buffalo_l's w600k_r50.onnx): each face is
+    warped onto the 112x112 ArcFace template by a similarity transform of its five keypoints (insightface's
+    norm_crop), then embedded. The embedding is the raw 512-d output (PhotoMaker V2 takes it unnormalised)."""
+
+    def __init__(self, onnx_file):
+        from insightface.model_zoo import get_model
+
+        if not Path(onnx_file).exists():
+            raise FileNotFoundError(f"{onnx_file} is missing (buffalo_l's recognition model)")
+        self.model = get_model(str(onnx_file), providers=["CPUExecutionProvider"])
+        self.model.prepare(ctx_id=-1)
+        self.size = self.model.input_size[0]
+
+    def align(self, image: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
+        """RGB image [H, W, 3], keypoints [F, 5, 2] -> aligned RGB crops [F, S, S, 3] (S = 112)."""
+        from insightface.utils.face_align import norm_crop
+
+        return np.stack([norm_crop(image, k.astype(np.float32), image_size=self.size) for k in keypoints]) \
+            if len(keypoints) else np.zeros((0, self.size, self.size, 3), np.uint8)
+
+    def __call__(self, image: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> (embeddings [F, 512] float32, aligned RGB crops [F, S, S, 3] uint8)."""
+        aligned = self.align(image, keypoints)
+        if not len(aligned):
+            return np.zeros((0, 512), np.float32), aligned
+        bgr = [np.ascontiguousarray(a[..., ::-1]) for a in aligned]  # insightface works in BGR (cv2.imread)
+        return np.asarray(self.model.get_feat(bgr), np.float32).reshape(len(bgr), -1), aligned

@@ -10,8 +10,10 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
+from portrait.errors import InvalidInput
 from portrait.masks import face_mask, feather, paste_back, resize_square, square_crop_box
-from portrait.params import MAX_PROMPT_TOKENS, DetailParams, Stage1Params, negative_is_zeros
+from portrait.params import (MAX_ID_IMAGES, MAX_PROMPT_TOKENS, DetailParams, Stage1Params, check_id_images, decode_image,
+                             negative_is_zeros, start_merge_step, text_only_prompt)
 
 Progress = Callable[[int, int], None]  # (step done, steps in this stage)
 
@@ -22,6 +24,45 @@ class Backend(Protocol):
     def decode(self, latents: np.ndarray) -> np.ndarray: ...  # [B, H, W, 3] uint8
     def encode_image(self, images: np.ndarray) -> np.ndarray: ...  # [B, C, h, w]
     def detect(self, image: np.ndarray, max_faces: int) -> dict[str, np.ndarray]: ...  # boxes, scores, keypoints, landmarks
+    def encode_text_with_trigger(self, prompt: str, num_id_images: int) -> dict[str, np.ndarray]: ...  # + class_tokens_mask
+    def embed_faces(self, image: np.ndarray, keypoints: np.ndarray) -> np.ndarray: ...  # [F, 512] raw ArcFace
+    def fuse_identity(self, photos: list[bytes], id_embeds: np.ndarray, prompt_embeds: np.ndarray,
+                      class_tokens_mask: np.ndarray) -> np.ndarray: ...  # [1, 77, D]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A person's identity for one prompt (PhotoMaker V2), computed once per request."""
+
+    prompt_embeds: np.ndarray  # [1, 77, D]: the prompt with the class token expanded and fused with the identity
+    pooled_prompt_embeds: np.ndarray  # [1, P]: pooled output of the expanded prompt
+    text_only_prompt: str  # the prompt without the trigger word: stage 1 and the steps up to start_merge_step
+    photos: int
+
+
+def prepare_identity(backend: Backend, photos: list[bytes], prompt: str, limit: int = MAX_ID_IMAGES) -> Identity:
+    """Identity photos (encoded) -> fused prompt embeddings: the largest face of each photo is found, aligned and
+    embedded (ArcFace), the prompt's class token expanded (text_encoder), then both fused (id_encoder).
+    Fails before any diffusion: a prompt without the trigger word, too many photos, a photo without a face."""
+    if not photos:
+        raise InvalidInput("id_images", "is empty: send at least one identity photo, or leave the field out")
+    check_id_images(len(photos), limit)
+    text_only = text_only_prompt(prompt)
+    embeds = []
+    for i, data in enumerate(photos):
+        which = f"photo {i + 1} of {len(photos)}"
+        try:
+            image = decode_image(data, "id_images")
+        except InvalidInput as error:
+            raise InvalidInput("id_images", f"{which} {error.message}") from None
+        faces = backend.detect(image, 1)
+        if len(faces["boxes"]) == 0:
+            raise InvalidInput("id_images", f"no face found in {which}; use a photo with the face clearly visible")
+        embeds.append(backend.embed_faces(image, faces["keypoints"][:1])[0])
+    text = backend.encode_text_with_trigger(prompt, len(photos))
+    fused = backend.fuse_identity(list(photos), np.stack(embeds).astype(np.float32), text["prompt_embeds"],
+                                  text["class_tokens_mask"])
+    return Identity(fused, text["pooled_prompt_embeds"], text_only, len(photos))
 
 
 def text_inputs(backend: Backend, prompt: str, negative: str, n: int, force_zeros: bool) -> tuple[dict, int]:
@@ -69,9 +110,10 @@ class DetailResult:
 
 
 def detail_faces(backend: Backend, image: np.ndarray, params: DetailParams, force_zeros: bool,
-                 progress: Progress | None = None) -> DetailResult:
+                 progress: Progress | None = None, identity: Identity | None = None) -> DetailResult:
     """Stage 2: detect faces, magnify each crop to work_size, re-diffuse all in one batch with differential
-    diffusion under a feathered face mask (change map: high = more change), downscale, paste back."""
+    diffusion under a feathered face mask (change map: high = more change), downscale, paste back.
+    With an `identity` every face detailed gets it after start_merge_step (from params.style_strength)."""
     h, w = image.shape[:2]
     faces = backend.detect(image, params.max_faces)
     boxes = faces["boxes"][: params.max_faces]
@@ -90,7 +132,8 @@ def detail_faces(backend: Backend, image: np.ndarray, params: DetailParams, forc
         changes.append(resize_square(alpha, params.work_size).clip(0, 1))
     pixels = np.stack([resize_square(image[c.y0:c.y1, c.x0:c.x1], params.work_size) for c in crops])
     n = len(crops)
-    text, _ = text_inputs(backend, params.prompt, params.negative_prompt, n, force_zeros)
+    prompt = params.prompt if identity is None else identity.text_only_prompt
+    text, _ = text_inputs(backend, prompt, params.negative_prompt, n, force_zeros)
     inputs = {
         **text,
         **sampling_inputs([params.seed + i for i in range(n)], params.work_size, params.work_size, params.steps,
@@ -99,6 +142,13 @@ def detail_faces(backend: Backend, image: np.ndarray, params: DetailParams, forc
         "change_map": np.stack(changes)[:, None].astype(np.float32),
         "strength": np.array([params.strength], np.float32),
     }
+    if identity is not None:
+        steps_run = int(params.steps * params.strength)  # the img2img steps the loop runs
+        inputs.update({
+            "id_prompt_embeds": identity.prompt_embeds.repeat(n, 0),
+            "id_pooled_prompt_embeds": identity.pooled_prompt_embeds.repeat(n, 0),
+            "start_merge_step": np.array([start_merge_step(params.style_strength, steps_run)], np.int32),
+        })
     detailed = backend.decode(run_denoise(backend, inputs, progress))
     out, mask = image.copy(), np.zeros((h, w), np.float32)
     for crop, alpha, patch in zip(crops, alphas, detailed):

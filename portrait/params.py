@@ -7,6 +7,7 @@ so a value the UI accepts is a value the server accepts.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import MISSING, dataclass
 from typing import Any, Mapping
 
@@ -140,6 +141,38 @@ MAX_IMAGE_PIXELS = 4096 * 4096  # larger uploads are rejected before decoding
 MAX_FACES_LIMIT = 8  # the VAE models batch up to 8 crops; the UNet 16 rows (CFG)
 MARGIN_MIN, MARGIN_MAX = 0.0, 2.0
 
+# identity (PhotoMaker V2)
+TRIGGER_WORD = "img"  # follows the class word: "a photo of a woman img, ..."
+MAX_ID_IMAGES = 4  # identity photos per request (PhotoMaker's demo takes up to 4 or so; each adds 2 prompt tokens)
+STYLE_STRENGTH_MIN, STYLE_STRENGTH_MAX = 0.0, 100.0
+MERGE_STEP_CAP = 30  # PhotoMaker's demo caps start_merge_step at 30
+
+
+def start_merge_step(style_strength: float, steps_run: int) -> int:
+    """PhotoMaker's demo: int(style_strength_ratio / 100 x steps), at most 30. Steps i <= start_merge_step use the
+    text-only embeddings and later ones the identity-fused ones, so a higher style strength gives less identity."""
+    return min(int(style_strength / 100 * steps_run), MERGE_STEP_CAP)
+
+
+def check_id_images(count: int, limit: int = MAX_ID_IMAGES) -> None:
+    if count > limit:
+        raise InvalidInput("id_images", f"at most {limit} identity photos, got {count}")
+
+
+def text_only_prompt(prompt: str, trigger: str = TRIGGER_WORD) -> str:
+    """The prompt without its trigger word (PhotoMaker's delayed-conditioning prompt); checks the trigger is there
+    once, as a word of its own, after a class word."""
+    found = list(re.finditer(rf"(?<![\w]){re.escape(trigger)}(?![\w])", prompt))
+    if not found:
+        raise InvalidInput("prompt", f"needs the trigger word '{trigger}' right after the class word when identity "
+                                     f"photos are given, e.g. 'portrait of a woman {trigger}, ...'")
+    if len(found) > 1:
+        raise InvalidInput("prompt", f"must contain the trigger word '{trigger}' once, found it {len(found)} times")
+    match = found[0]
+    if not re.search(r"\w", prompt[:match.start()]):
+        raise InvalidInput("prompt", f"the trigger word '{trigger}' must follow a class word, as in 'a woman {trigger}'")
+    return prompt[:match.start()].rstrip() + prompt[match.end():]
+
 
 @dataclass(frozen=True)
 class DetailParams(SamplingParams):
@@ -149,10 +182,12 @@ class DetailParams(SamplingParams):
     max_faces: int = 4
     margin: float = 0.35  # added around the face box on every side, as a fraction of its larger side
     work_size: int = 1024  # the crop is magnified to this square (the checkpoint's native size by default)
+    style_strength: float = 20.0  # identity only: % of the steps run on the text alone before the identity merges in
 
     def __post_init__(self):
         super().__post_init__()
         check_strength(self.steps, self.strength)
+        check_float_range("style_strength", self.style_strength, STYLE_STRENGTH_MIN, STYLE_STRENGTH_MAX)
         check_int_range("max_faces", self.max_faces, 1, MAX_FACES_LIMIT)
         check_float_range("margin", self.margin, MARGIN_MIN, MARGIN_MAX)
         check_size("work_size", self.work_size)

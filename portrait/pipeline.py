@@ -42,10 +42,10 @@ def build_conditioning(text: TextEncoders, params: Stage1Params, force_zeros: bo
 class ReferencePipeline:
     """SDXL stage 1 in one process, no server: the baseline the Triton path is compared and benchmarked against."""
 
-    def __init__(self, sdxl_dir: Path, device: str = "cpu"):
+    def __init__(self, sdxl_dir: Path, device: str = "cpu", photomaker_file: Path | None = None):
         self.info = read_sdxl_info(sdxl_dir)
         self.text = TextEncoders(sdxl_dir, device)
-        self.unet = load_unet(sdxl_dir, device)
+        self.unet = load_unet(sdxl_dir, device, photomaker_file)
         self.vae = load_vae(sdxl_dir, device)
 
     def latent_shape(self, params: Stage1Params) -> tuple[int, int, int]:

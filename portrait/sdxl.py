@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from portrait.checkpoint import check_sdxl_dir, torch_dtype_name
-from portrait.conditioning import TextEncoding, encode_prompts
+from portrait.conditioning import TextEncoding, TriggerEncoding, encode_prompts, encode_with_trigger, trigger_tokenizer
 from portrait.denoise import UNetCall
 
 
@@ -16,11 +16,17 @@ def torch_dtype(device: str) -> torch.dtype:
     return getattr(torch, torch_dtype_name(device))
 
 
-def load_unet(sdxl_dir: Path, device: str = "cpu"):
+def load_unet(sdxl_dir: Path, device: str = "cpu", photomaker_file: Path | None = None):
+    """The SDXL UNet; with a PhotoMaker file its LoRA is fused in (the same UNet then serves both stages)."""
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_pretrained(check_sdxl_dir(sdxl_dir), subfolder="unet", torch_dtype=torch_dtype(device))
-    return unet.to(device).eval()
+    unet = UNet2DConditionModel.from_pretrained(check_sdxl_dir(sdxl_dir), subfolder="unet", torch_dtype=torch.float32)
+    if photomaker_file is not None:
+        from portrait.identity import fuse_photomaker_lora, read_photomaker_file
+
+        fuse_photomaker_lora(unet, read_photomaker_file(photomaker_file)["lora_weights"])  # fused in fp32
+    unet = unet.to(device)
+    return (unet if torch_dtype(device) == torch.float32 else unet.to(torch_dtype(device))).eval()
 
 
 def load_vae(sdxl_dir: Path, device: str = "cpu"):
@@ -50,6 +56,13 @@ class TextEncoders:
 
     def __call__(self, prompts: list[str]) -> TextEncoding:
         return encode_prompts(self.tokenizers, self.encoders, prompts)
+
+    def with_trigger(self, prompt: str, num_id_images: int, num_tokens: int = 2, trigger: str = "img") -> TriggerEncoding:
+        """PhotoMaker's class-token expansion (see conditioning.encode_with_trigger); the plain tokenizers are kept
+        for every other prompt, so "img" stays an ordinary word there."""
+        if getattr(self, "_trigger", None) != trigger:
+            self._trigger, self._trigger_tokenizers = trigger, [trigger_tokenizer(t, trigger) for t in self.tokenizers]
+        return encode_with_trigger(self._trigger_tokenizers, self.encoders, prompt, num_id_images, num_tokens, trigger)
 
 
 @torch.no_grad()

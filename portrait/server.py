@@ -163,6 +163,13 @@ class TritonServer:
         except ProcessLookupError:
             pass
         self.process.wait()
+        deadline = time.monotonic() + 10  # SIGKILLed stubs vanish asynchronously (reaped by init): wait for the last
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
 
     def __enter__(self):
         return self.start() if self.process is None else self

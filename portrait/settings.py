@@ -25,6 +25,12 @@ class Settings:
     def sdxl_dir(self) -> Path:
         return self.models_dir / "sdxl"
 
+    @property
+    def photomaker_file(self) -> Path | None:
+        from portrait.checkpoint import find_photomaker_file
+
+        return find_photomaker_file(self.models_dir)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -125,7 +125,85 @@ def build_tiny_model_set(models_dir: Path, seed: int = SEED, force: bool = False
         build_tiny_sdxl(models_dir / "sdxl", seed)
     if force or not (models_dir / "insightface_tiny" / "2d106det.onnx").exists():
         build_tiny_insightface(models_dir / "insightface_tiny", seed)
+    if force or not (models_dir / "insightface" / "w600k_r50.onnx").exists():
+        build_tiny_arcface(models_dir / "insightface", seed)
+    if force or not (models_dir / "photomaker" / "photomaker-v2.bin").exists():
+        build_tiny_photomaker(models_dir / "photomaker", models_dir / "sdxl", seed)
     return models_dir
+
+
+def tiny_id_encoder_config():
+    """PhotoMaker V2's ID encoder structure at toy width; the cross-attention dim is the tiny SDXL's text width."""
+    from portrait.identity import IdEncoderConfig
+
+    return IdEncoderConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
+                           patch_size=14, image_size=224, projection_dim=16, projection_2_dim=24, id_embeddings_dim=512,
+                           cross_attention_dim=TE1_HIDDEN + TE2_HIDDEN, num_tokens=2, token_ratio=4, resampler_depth=4,
+                           resampler_dim_head=32, resampler_ff_mult=4)
+
+
+def photomaker_lora_for(unet, rank: int = 4, seed: int = SEED) -> dict[str, torch.Tensor]:
+    """Seeded LoRA on every attention projection (to_q/k/v/out) of `unet`, in the attention-processor key format
+    of diffusers-trained LoRAs (`unet.<path>.processor.to_q_lora.down.weight`), which diffusers' loader converts."""
+    from diffusers.models.attention_processor import Attention
+
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for path, module in unet.named_modules():
+        if not isinstance(module, Attention):
+            continue
+        for name, linear in (("to_q", module.to_q), ("to_k", module.to_k), ("to_v", module.to_v), ("to_out", module.to_out[0])):
+            key = f"unet.{path}.processor.{name}_lora"
+            state[f"{key}.down.weight"] = torch.randn(rank, linear.in_features, generator=generator) / linear.in_features ** 0.5
+            state[f"{key}.up.weight"] = torch.randn(linear.out_features, rank, generator=generator) * 0.2 / rank ** 0.5
+    return state
+
+
+def build_tiny_photomaker(out: Path, sdxl_dir: Path, seed: int = SEED) -> Path:
+    """photomaker-v2.bin as PhotoMaker ships it ({"id_encoder": ..., "lora_weights": ...}) for the tiny SDXL,
+    plus id_encoder_config.json with the toy dimensions (absent for real weights: V2's are the defaults)."""
+    from diffusers import UNet2DConditionModel
+
+    from portrait.identity import PhotoMakerIdEncoder
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = tiny_id_encoder_config()
+    torch.manual_seed(seed + 20)
+    encoder = PhotoMakerIdEncoder(config)
+    unet = UNet2DConditionModel.from_pretrained(sdxl_dir, subfolder="unet")
+    state = {"id_encoder": encoder.state_dict(), "lora_weights": photomaker_lora_for(unet, seed=seed + 21)}
+    tmp = out / ".photomaker-v2.bin.tmp"
+    torch.save(state, tmp)
+    config.write(out)
+    tmp.replace(out / "photomaker-v2.bin")
+    return out
+
+
+class TinyArcFace(torch.nn.Module):
+    """w600k_r50's interface: aligned 112x112 BGR face, normalised (x - 127.5) / 127.5 -> [N, 512] raw embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 8, stride=8)
+        self.fc = torch.nn.Linear(16 * 14 * 14, 512)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1)) * 10.0  # raw ArcFace embeddings have norms ~20
+
+
+def build_tiny_arcface(out: Path, seed: int = SEED) -> Path:
+    """Seeded w600k_r50-shaped recognition ONNX ([N, 3, 112, 112] -> [N, 512]) that insightface's model_zoo routes to
+    ArcFaceONNX like the real one."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed + 12)
+    tmp = out / ".w600k_r50.onnx.tmp"
+    torch.onnx.export(TinyArcFace().eval(), (torch.zeros(1, 3, 112, 112),), str(tmp), dynamo=False,
+                      input_names=["input.1"], output_names=["embedding"], opset_version=17,
+                      dynamic_axes={"input.1": {0: "batch"}, "embedding": {0: "batch"}})
+    tmp.replace(out / "w600k_r50.onnx")
+    return out
 
 
 class TinySCRFD(torch.nn.Module):

@@ -113,6 +113,20 @@ class BlsBackend:
     def encode_text(self, prompt: str) -> dict[str, np.ndarray]:
         return bls("text_encoder", {"prompt": np.array([[prompt.encode("utf-8")]], dtype=object)}, self.TEXT)
 
+    def encode_text_with_trigger(self, prompt: str, num_id_images: int) -> dict[str, np.ndarray]:
+        return bls("text_encoder", {"prompt": np.array([[prompt.encode("utf-8")]], dtype=object),
+                                    "num_id_images": np.array([[num_id_images]], np.int32)},
+                   [*self.TEXT, "class_tokens_mask"])
+
+    def embed_faces(self, image: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
+        return bls("face_embedder", {"image": image, "keypoints": keypoints.astype(np.float32)}, ["embeddings"])["embeddings"]
+
+    def fuse_identity(self, photos: list[bytes], id_embeds: np.ndarray, prompt_embeds: np.ndarray,
+                      class_tokens_mask: np.ndarray) -> np.ndarray:
+        return bls("id_encoder", {"id_images": np.array(photos, dtype=object), "id_embeds": id_embeds,
+                                  "prompt_embeds": prompt_embeds, "class_tokens_mask": class_tokens_mask},
+                   ["id_prompt_embeds"])["id_prompt_embeds"]
+
     def denoise(self, inputs: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         if self.job_id is not None:
             inputs = {**inputs, "job_id": np.array([self.job_id.encode()], dtype=object)}

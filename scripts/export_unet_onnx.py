@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Export the UNet of PORTRAIT_MODELS/sdxl to ONNX (the `unet` model's Triton contract)."""
+"""Export the UNet of PORTRAIT_MODELS/sdxl to ONNX (the `unet` model's Triton contract), with PhotoMaker's LoRA
+fused in when PORTRAIT_MODELS holds photomaker/ (the same UNet the Python `unet` model serves)."""
 
 import argparse
 import sys
@@ -15,4 +16,5 @@ parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--out", type=Path, default=Path("out/onnx/unet.onnx"))
 parser.add_argument("--opset", type=int, default=17)
 args = parser.parse_args()
-print(export_unet_onnx(load_unet(get_settings().sdxl_dir, "cpu"), args.out, args.opset))
+settings = get_settings()
+print(export_unet_onnx(load_unet(settings.sdxl_dir, "cpu", settings.photomaker_file), args.out, args.opset))

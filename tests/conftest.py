@@ -23,6 +23,14 @@ def sdxl_dir(models_dir):
 
 
 @pytest.fixture(scope="session")
+def photomaker_file(models_dir):
+    """The default set's photomaker-v2.bin: its LoRA is fused into the served UNet, so every reference fuses it too."""
+    from portrait.checkpoint import find_photomaker_file
+
+    return find_photomaker_file(models_dir)
+
+
+@pytest.fixture(scope="session")
 def server(models_dir):
     """The bundled tritonserver on free ports, started once per session and stopped at its end."""
     from portrait.server import TritonServer
@@ -48,10 +56,16 @@ def http_client(server):
 
 
 @pytest.fixture(scope="session")
-def diffusers_pipe(sdxl_dir):
+def diffusers_pipe(sdxl_dir, photomaker_file):
+    """diffusers' SDXL pipeline with PhotoMaker's LoRA loaded and fused the way PhotoMaker's own pipeline does."""
     from diffusers import StableDiffusionXLPipeline
 
+    from portrait.identity import read_photomaker_file
+
     pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_dir)
+    if photomaker_file is not None:
+        pipe.load_lora_weights(read_photomaker_file(photomaker_file)["lora_weights"], adapter_name="photomaker")
+        pipe.fuse_lora()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

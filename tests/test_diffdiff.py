@@ -15,8 +15,8 @@ STEPS, STRENGTH, SCALE = 8, 0.75, 5.0
 
 
 @pytest.fixture(scope="module")
-def setup(sdxl_dir):
-    ref = ReferencePipeline(sdxl_dir)
+def setup(sdxl_dir, photomaker_file):
+    ref = ReferencePipeline(sdxl_dir, photomaker_file=photomaker_file)
     params = Stage1Params(prompt="portrait of a woman, detailed face", negative_prompt="blurry", width=64, height=64)
     cond, _ = build_conditioning(ref.text, params, force_zeros=True)
     g = torch.Generator().manual_seed(5)

@@ -11,8 +11,8 @@ from tests.test_diffdiff import STEPS, STRENGTH, SCALE, run_ours
 
 
 @pytest.fixture(scope="module")
-def case(sdxl_dir):
-    ref = ReferencePipeline(sdxl_dir)
+def case(sdxl_dir, photomaker_file):
+    ref = ReferencePipeline(sdxl_dir, photomaker_file=photomaker_file)
     params = Stage1Params(prompt="portrait of a woman, detailed face", negative_prompt="blurry", width=64, height=64, seed=21)
     cond, _ = build_conditioning(ref.text, params, force_zeros=True)
     g = torch.Generator().manual_seed(8)

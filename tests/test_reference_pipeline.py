@@ -16,8 +16,8 @@ PROMPT = "portrait of a woman, oil painting, warm light"
 
 
 @pytest.fixture(scope="module")
-def reference(sdxl_dir):
-    return ReferencePipeline(sdxl_dir)
+def reference(sdxl_dir, photomaker_file):
+    return ReferencePipeline(sdxl_dir, photomaker_file=photomaker_file)
 
 
 def test_tiny_components_are_deterministic():

@@ -1,6 +1,7 @@
 import os, sys  # noqa: E401  (the stub ignores PYTHONPATH; `portrait serve` passes the paths here)
 sys.path[:0] = [p for p in os.environ.get("PORTRAIT_PYTHONPATH", "").split(os.pathsep) if p]
 
+import dataclasses  # noqa: E402
 import secrets  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -11,15 +12,15 @@ import numpy as np  # noqa: E402
 from portrait import triton_io as io  # noqa: E402
 from portrait.cancel import request_cancel  # noqa: E402
 from portrait.checkpoint import read_sdxl_info  # noqa: E402
-from portrait.errors import Cancelled  # noqa: E402
-from portrait.orchestrate import detail_faces, generate_base  # noqa: E402
+from portrait.errors import Cancelled, InvalidInput  # noqa: E402
+from portrait.orchestrate import detail_faces, generate_base, prepare_identity  # noqa: E402
 from portrait.params import DetailParams, Stage1Params  # noqa: E402
 from portrait.settings import get_settings  # noqa: E402
 
 pb = io.pb_utils
 STAGE1 = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_cutoff", "seed")
 STAGE2 = ("prompt", "negative_prompt", "steps", "guidance_scale", "guidance_cutoff", "seed", "strength", "max_faces",
-          "margin", "work_size")
+          "margin", "work_size", "style_strength")
 
 
 class TritonPythonModel:
@@ -73,10 +74,18 @@ class TritonPythonModel:
             base_params = Stage1Params.from_mapping({k: values[k] for k in STAGE1}, {"width": size, "height": size})
             detail = values["detail"] is not False
             detail_params = DetailParams.from_mapping({k: values[k] for k in STAGE2}, {"work_size": size}) if detail else None
+            photos = io.get_array(request, "id_images")
+            identity = None
+            if photos is not None:  # checked before any diffusion: a bad identity photo fails at once
+                if detail_params is None:
+                    raise InvalidInput("id_images", "need stage 2 (detail must be true): identity is injected there")
+                identity = prepare_identity(backend, [bytes(p) for p in photos.reshape(-1)], detail_params.prompt)
+                base_params = dataclasses.replace(base_params, prompt=identity.text_only_prompt)  # stage 1: no trigger
             images, truncated = generate_base(backend, base_params, self.info.force_zeros_for_empty_prompt, reporter("base"))
             base = images[0]
             if detail_params is not None:
-                result = detail_faces(backend, base, detail_params, self.info.force_zeros_for_empty_prompt, reporter("detail"))
+                result = detail_faces(backend, base, detail_params, self.info.force_zeros_for_empty_prompt, reporter("detail"),
+                                      identity)
                 final, mask, boxes = result.image, result.mask, result.boxes
             else:
                 final, mask, boxes = base, np.zeros(base.shape[:2], np.uint8), np.zeros((0, 4), np.float32)

@@ -15,12 +15,13 @@ from portrait.diffdiff import ImageGuide, hold_masks, latent_change_map, start_s
 from portrait.errors import Cancelled, InvalidInput  # noqa: E402
 from portrait.guidance import guided_steps  # noqa: E402
 from portrait.noise import initial_noise  # noqa: E402
-from portrait.params import DenoiseParams  # noqa: E402
+from portrait.params import STEPS_MAX, DenoiseParams, check_int_range  # noqa: E402
 from portrait.schedules import make_scheduler  # noqa: E402
 from portrait.torch_models import torch_setup  # noqa: E402
 
 pb = io.pb_utils
 EMBEDS = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
+ID_INPUTS = ("id_prompt_embeds", "id_pooled_prompt_embeds")
 
 
 class TritonPythonModel:
@@ -41,7 +42,28 @@ class TritonPythonModel:
             if e.shape[0] != len(params.seeds):
                 raise InvalidInput(name, f"needs one row per seed ({len(params.seeds)}), got {e.shape[0]}")
         time_ids = sdxl_time_ids(params.height, params.width).expand(len(params.seeds), 6)
-        return params, Conditioning(embeds[0], embeds[1], embeds[2], embeds[3], time_ids)
+        identity = self.identity(request, embeds[0], embeds[1])
+        return params, Conditioning(embeds[0], embeds[1], embeds[2], embeds[3], time_ids, *identity)
+
+    @staticmethod
+    def identity(request, embeds: torch.Tensor, pooled: torch.Tensor) -> tuple:
+        """PhotoMaker's fused embeddings and the step after which they replace the text-only ones (all optional)."""
+        arrays = {k: io.get_array(request, k) for k in ID_INPUTS}
+        merge = io.get_scalar(request, "start_merge_step")
+        given = [k for k, v in arrays.items() if v is not None]
+        if not given:
+            if merge is not None:
+                raise InvalidInput("start_merge_step", "needs id_prompt_embeds and id_pooled_prompt_embeds")
+            return None, None, 0
+        if len(given) != len(ID_INPUTS):
+            missing = next(k for k in ID_INPUTS if k not in given)
+            raise InvalidInput(missing, f"is required with {given[0]}")
+        for (name, array), like in zip(arrays.items(), (embeds, pooled)):
+            if tuple(array.shape) != tuple(like.shape):
+                raise InvalidInput(name, f"must have shape {list(like.shape)}, got {list(array.shape)}")
+        merge = 0 if merge is None else merge
+        check_int_range("start_merge_step", merge, 0, STEPS_MAX)
+        return (*(torch.from_numpy(a.copy()) for a in arrays.values()), merge)
 
     def image_guide(self, request, params: DenoiseParams, noise: torch.Tensor) -> ImageGuide | None:
         """Differential-diffusion inputs, checked against the latent shape; None for text-to-image."""

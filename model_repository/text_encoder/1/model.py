@@ -4,6 +4,9 @@ sys.path[:0] = [p for p in os.environ.get("PORTRAIT_PYTHONPATH", "").split(os.pa
 import numpy as np  # noqa: E402
 
 from portrait import triton_io as io  # noqa: E402
+from portrait.errors import InvalidInput  # noqa: E402
+from portrait.identity import IdEncoderConfig  # noqa: E402
+from portrait.params import MAX_ID_IMAGES, TRIGGER_WORD, check_int_range  # noqa: E402
 from portrait.sdxl import TextEncoders  # noqa: E402
 from portrait.torch_models import torch_setup  # noqa: E402
 
@@ -13,19 +16,46 @@ class TritonPythonModel:
         settings = torch_setup()
         self.text = TextEncoders(settings.sdxl_dir, settings.device)
         self.text(["warm-up"])  # a real forward: a broken checkpoint fails the load, not the first request
+        self.id_tokens = IdEncoderConfig.read(settings.models_dir / "photomaker").num_tokens  # per identity photo
 
     def execute(self, requests):
-        # one encoder batch for everything the dynamic batcher gathered; prompts are already validated by callers
-        prompts = [p.decode("utf-8", "replace") for r in requests for p in io.get_array(r, "prompt").reshape(-1)]
-        enc = self.text(prompts)
-        responses, start = [], 0
-        for r in requests:
-            n = io.get_array(r, "prompt").shape[0]
-            rows = slice(start, start + n)
-            start += n
-            responses.append(io.pb_utils.InferenceResponse([
-                io.tensor("prompt_embeds", enc.embeds[rows].numpy()),
-                io.tensor("pooled_prompt_embeds", enc.pooled[rows].numpy()),
-                io.tensor("token_count", enc.token_counts[rows].numpy().astype(np.int32).reshape(n, 1)),
-            ]))
+        # one encoder batch for the plain prompts the dynamic batcher gathered; identity prompts one by one
+        plain = [i for i, r in enumerate(requests) if io.get_array(r, "num_id_images") is None]
+        responses = [None] * len(requests)
+        prompts = [self.prompts(requests[i]) for i in plain]
+        if prompts:
+            enc = self.text([p for group in prompts for p in group])
+            start = 0
+            for i, group in zip(plain, prompts):
+                n, rows = len(group), slice(start, start + len(group))
+                start += n
+                responses[i] = io.pb_utils.InferenceResponse([
+                    io.tensor("prompt_embeds", enc.embeds[rows].numpy()),
+                    io.tensor("pooled_prompt_embeds", enc.pooled[rows].numpy()),
+                    io.tensor("token_count", enc.token_counts[rows].numpy().astype(np.int32).reshape(n, 1)),
+                    io.tensor("class_tokens_mask", np.zeros((n, enc.embeds.shape[1]), bool)),
+                ])
+        for i, request in enumerate(requests):
+            if responses[i] is None:
+                try:
+                    responses[i] = self.with_trigger(request)
+                except Exception as error:
+                    responses[i] = io.error_response(error)
         return responses
+
+    @staticmethod
+    def prompts(request) -> list[str]:
+        return [p.decode("utf-8", "replace") for p in io.get_array(request, "prompt").reshape(-1)]
+
+    def with_trigger(self, request):
+        prompts, counts = self.prompts(request), io.get_array(request, "num_id_images").reshape(-1)
+        if len(prompts) != 1:
+            raise InvalidInput("num_id_images", f"goes with one prompt per request, got {len(prompts)}")
+        count = int(counts[0])
+        check_int_range("num_id_images", count, 1, MAX_ID_IMAGES)
+        enc = self.text.with_trigger(prompts[0], count, self.id_tokens, TRIGGER_WORD)
+        return io.pb_utils.InferenceResponse([
+            io.tensor("prompt_embeds", enc.embeds.numpy()), io.tensor("pooled_prompt_embeds", enc.pooled.numpy()),
+            io.tensor("token_count", np.array([[enc.token_count]], np.int32)),
+            io.tensor("class_tokens_mask", enc.class_tokens_mask.numpy()),
+        ])

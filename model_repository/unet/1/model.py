@@ -14,7 +14,7 @@ INPUTS = ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_id
 class TritonPythonModel:
     def initialize(self, args):
         settings = torch_setup()
-        self.unet = load_unet(settings.sdxl_dir, settings.device)
+        self.unet = load_unet(settings.sdxl_dir, settings.device, settings.photomaker_file)  # PhotoMaker LoRA fused
         cfg = self.unet.config
         self.predict(torch.zeros(1, cfg.in_channels, 8, 8), torch.full((1,), 999.0),
                      torch.zeros(1, 77, cfg.cross_attention_dim),
