@@ -147,3 +147,21 @@ def test_cli_generate_with_face(server, tmp_path, photos):
     assert code == 0 and out.exists() and Path(str(out).replace(".png", "_base.png")).exists()
     assert main(["detail", "--url", server.grpc_url, "--image", str(face), "--prompt", "a woman", "--face", str(face),
                  "--out", str(tmp_path / "d.png")]) == 2  # no trigger word: a clear error, exit 2
+
+
+def test_text_encoder_serves_identity_and_plain_prompts_together(grpc_client):
+    """Concurrent requests with and without num_id_images share the dynamically batched text_encoder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def encode(i: int) -> dict:
+        arrays = {"prompt": ("BYTES", np.array([[f"portrait of a woman img, style {i}".encode()]], dtype=object))}
+        if i % 2:
+            arrays["num_id_images"] = ("INT32", np.array([[1 + i % 3]], np.int32))
+        return grpc_client.infer("text_encoder", arrays, ["prompt_embeds", "class_tokens_mask"])
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(encode, range(16)))
+    for i, out in enumerate(results):
+        marked = int(out["class_tokens_mask"].sum())
+        assert marked == (2 * (1 + i % 3) if i % 2 else 0), i
+        assert np.array_equal(out["prompt_embeds"], encode(i)["prompt_embeds"])  # same alone as in company
