@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PORTRAIT_MODELS ?= $(CURDIR)/weights/tiny
 WEIGHTS := $(PORTRAIT_MODELS)/sdxl/model_index.json
 
-.PHONY: demo test install weights serve benchmark clean
+.PHONY: demo test install weights serve ui benchmark clean
 
 demo: $(STAMP) $(WEIGHTS)
 	@mkdir -p out/demo
@@ -22,11 +22,12 @@ test: $(STAMP) $(WEIGHTS)
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
-	@dpkg -s libb64-0d >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libb64-0d; } \
-		|| echo "warning: could not install libb64-0d (perf_analyzer needs it; run as root)" >&2
+	@# libb64-0d: perf_analyzer; chromium: the browser test of the UI (Debian's, driven by Playwright)
+	@dpkg -s libb64-0d chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libb64-0d chromium; } \
+		|| echo "warning: could not install libb64-0d / chromium (perf_analyzer, the UI browser test; run as root)" >&2
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,agent]"
+	$(PY) -m pip install -q -e ".[test,agent,ui]"
 	# only its CLIP BPE vocabulary is used (for the tiny set's real tokenizers); its deps would pull torchvision
 	$(PY) -m pip install -q --no-deps open-clip-torch==3.3.0
 	# its model_zoo code and sample photos; its declared deps include opencv-python, which fights -headless
@@ -40,6 +41,9 @@ $(WEIGHTS): | $(STAMP)
 
 serve: $(STAMP) $(WEIGHTS)
 	$(VENV)/bin/portrait serve
+
+ui: $(STAMP) $(WEIGHTS)
+	$(VENV)/bin/portrait ui
 
 benchmark: $(STAMP) $(WEIGHTS)
 	$(PY) scripts/benchmark

@@ -203,13 +203,15 @@ class TritonClient:
         arrays.update(identity_arrays(faces))
         final = {}
         stream = self.stream("portrait", arrays, ["stage", "step", "num_steps", *PORTRAIT_RESULTS])
-        for out in stream:
-            if cancel is not None and cancel.is_set():
-                stream.close()  # cancels the request on the server
-                raise Cancelled("cancelled")
-            if "step" in out and progress is not None:
-                progress(out["stage"][0].decode(), int(out["step"][0]), int(out["num_steps"][0]))
-            final.update({k: v for k, v in out.items() if k in PORTRAIT_RESULTS})
+        try:
+            for out in stream:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled")
+                if "step" in out and progress is not None:
+                    progress(out["stage"][0].decode(), int(out["step"][0]), int(out["num_steps"][0]))
+                final.update({k: v for k, v in out.items() if k in PORTRAIT_RESULTS})
+        finally:
+            stream.close()  # on any early exit (cancel, an exception in `progress`) this cancels the server's request
         return PortraitOutput(final["base_image"], final["mask"], final["image"], final["boxes"], int(final["seed"][0]),
                               int(final["truncated_tokens"][0]))
 

@@ -1,4 +1,4 @@
-"""`portrait` command line: serve | generate | weights (| prompt, from the prompt agent)."""
+"""`portrait` command line: serve | generate | detail | sweep | ui | weights (| prompt, from the prompt agent)."""
 
 from __future__ import annotations
 
@@ -193,6 +193,70 @@ def cmd_detail(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from tqdm import tqdm
+
+    from portrait.checkpoint import read_sdxl_info
+    from portrait.settings import get_settings
+    from portrait.store import open_store
+    from portrait.sweep import parse_sweep, run_sweep
+
+    try:
+        text = args.file.read_text()
+    except OSError as error:
+        raise InvalidInput("sweep", f"{args.file} cannot be read: {error.strerror}") from None
+    sweep = parse_sweep(text, args.file.parent, read_sdxl_info(get_settings().sdxl_dir).default_size)
+    print(f"sweep {sweep.name}: {len(sweep.rows)} rows x {len(sweep.columns)} columns = {sweep.size} portraits",
+          file=sys.stderr)
+    store = open_store()
+    with server_client(args.url, "grpc") as client, tqdm(total=sweep.size, unit="portrait", file=sys.stderr) as bar:
+        record = run_sweep(client, store, sweep, lambda done, total, what: (bar.set_postfix_str(what[-40:]),
+                                                                            bar.update(done - bar.n)))
+    print(f"{len(record['productions'])} productions in {store.backend}; contact sheet {store.backend}/"
+          f"{record['contact_sheet']}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    """Streamlit on `args.port`; an embedded Triton server too when none answers at PORTRAIT_URL."""
+    import os
+    import subprocess
+
+    from clients import connect
+    from portrait.server import TritonServer
+    from portrait.settings import PROJECT_ROOT, get_settings
+
+    settings = get_settings()
+    url = args.url or settings.url
+    server = None
+    with connect(url) as probe:
+        ready = probe.is_ready()
+    if not ready:
+        print(f"no server answers at {url}; starting an embedded one ...", file=sys.stderr)
+        server = TritonServer.create(settings, free_ports=True).start()
+        url = server.grpc_url
+    command = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "ui" / "app.py"),
+               "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    print(f"portrait UI on http://localhost:{args.port}  (Triton at {url}; Ctrl-C stops)", flush=True)
+    app = subprocess.Popen(command, env={**os.environ, "PORTRAIT_URL": url})
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5) and app.poll() is None:
+            pass
+    finally:
+        if app.poll() is None:
+            app.terminate()
+            try:
+                app.wait(10)
+            except subprocess.TimeoutExpired:
+                app.kill()
+        if server is not None:
+            server.stop()
+    return 0 if stop.is_set() else (app.returncode or 0)
+
+
 def cmd_serve(args) -> int:
     from portrait.server import TritonServer
     from portrait.settings import get_settings
@@ -262,6 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     detail.add_argument("--url", default=None)
     detail.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     detail.set_defaults(func=cmd_detail)
+
+    sweep = sub.add_parser("sweep", help="run a YAML sweep (faces x ideas x parameter grid x seeds) into the store")
+    sweep.add_argument("file", type=Path, help="sweep YAML (see portrait/sweep.py and docs/ui.md)")
+    sweep.add_argument("--url", default=None, help="gRPC host:port (default: PORTRAIT_URL; embedded server if none)")
+    sweep.set_defaults(func=cmd_sweep)
+
+    ui = sub.add_parser("ui", help="the Streamlit front end (Create, Gallery, Sweep); starts Triton if none answers")
+    ui.add_argument("--port", type=int, default=8501)
+    ui.add_argument("--url", default=None, help="gRPC host:port (default: PORTRAIT_URL)")
+    ui.set_defaults(func=cmd_ui)
 
     weights = sub.add_parser("weights", help="build the tiny seeded default model set under PORTRAIT_MODELS")
     weights.add_argument("--force", action="store_true")

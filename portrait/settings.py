@@ -20,6 +20,10 @@ class Settings:
     device: str  # "cpu" or "cuda"; selects the torch device inside the models
     torch_threads: int  # intra-op threads for the heavy models (0 = torch's default)
     unet_dir: Path | None  # PORTRAIT_UNET_DIR: a model directory served as `unet` instead (a TensorRT plan on GPU)
+    store_dir: Path = PROJECT_ROOT / "store"  # PORTRAIT_STORE: the local productions store
+    store_bucket: str | None = None  # PORTRAIT_STORE_S3_BUCKET: use an S3-compatible bucket instead
+    store_prefix: str = ""  # PORTRAIT_STORE_S3_PREFIX
+    store_endpoint: str | None = None  # PORTRAIT_STORE_S3_ENDPOINT (MinIO, Ceph ...; default: AWS)
 
     @property
     def sdxl_dir(self) -> Path:
@@ -44,4 +48,8 @@ def get_settings() -> Settings:
         device=env.get("PORTRAIT_DEVICE", "cpu"),
         torch_threads=int(env.get("PORTRAIT_TORCH_THREADS", "0")),
         unet_dir=Path(env["PORTRAIT_UNET_DIR"]).resolve() if env.get("PORTRAIT_UNET_DIR") else None,
+        store_dir=Path(env.get("PORTRAIT_STORE", PROJECT_ROOT / "store")).expanduser().resolve(),
+        store_bucket=env.get("PORTRAIT_STORE_S3_BUCKET") or None,
+        store_prefix=env.get("PORTRAIT_STORE_S3_PREFIX", ""),
+        store_endpoint=env.get("PORTRAIT_STORE_S3_ENDPOINT") or None,
     )
