@@ -24,11 +24,13 @@ for i, (production, caption) in enumerate(items):
     with columns[i % COLUMNS]:
         st.image(store.image(production.id), caption=caption or "(no keywords)", width="stretch")
         st.caption(f"seed {production.meta.get('seed')} · {production.meta.get('created', '')[:16]}")
+
+
+def turn(by: int) -> None:  # a callback: the page changes before the next run draws the grid
+    st.session_state.gallery_page += by
+
+
 previous, label, following = st.columns([1, 2, 1])
-if previous.button("Newer", disabled=page == 0):
-    st.session_state.gallery_page = page - 1
-    st.rerun()
+previous.button("Newer", disabled=page == 0, on_click=turn, args=(-1,))
 label.write(f"page {page + 1} of {pages}")
-if following.button("Older", disabled=page >= pages - 1):
-    st.session_state.gallery_page = page + 1
-    st.rerun()
+following.button("Older", disabled=page >= pages - 1, on_click=turn, args=(1,))
