@@ -8,7 +8,7 @@ import dataclasses
 import io
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +217,15 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def stop_on_signals() -> list:
+    """A list that SIGINT / SIGTERM append to (lock-free: a handler that takes a lock, such as Event.set, deadlocks
+    when a second signal lands while the main thread holds that lock)."""
+    received: list = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda number, _frame: received.append(number))
+    return received
+
+
 def cmd_ui(args) -> int:
     """Streamlit on `args.port`; an embedded Triton server too when none answers at PORTRAIT_URL."""
     import os
@@ -239,12 +248,10 @@ def cmd_ui(args) -> int:
                "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
     print(f"portrait UI on http://localhost:{args.port}  (Triton at {url}; Ctrl-C stops)", flush=True)
     app = subprocess.Popen(command, env={**os.environ, "PORTRAIT_URL": url})
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     try:
-        while not stop.wait(0.5) and app.poll() is None:
-            pass
+        while not stop and app.poll() is None:
+            time.sleep(0.5)
     finally:
         if app.poll() is None:
             app.terminate()
@@ -254,7 +261,7 @@ def cmd_ui(args) -> int:
                 app.kill()
         if server is not None:
             server.stop()
-    return 0 if stop.is_set() else (app.returncode or 0)
+    return 0 if stop else (app.returncode or 0)
 
 
 def cmd_serve(args) -> int:
@@ -262,14 +269,13 @@ def cmd_serve(args) -> int:
     from portrait.settings import get_settings
 
     server = TritonServer.create(get_settings())
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     server.start()
     print(f"Triton is ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics localhost:{server.metrics_port}/metrics")
     print(f"models from {get_settings().models_dir}; log {server.log_path}; Ctrl-C stops", flush=True)
     try:
-        while not stop.wait(1.0):
+        while not stop:
+            time.sleep(0.5)
             if server.process.poll() is not None:
                 print(f"tritonserver exited ({server.process.returncode}):\n{server.log_tail()}", file=sys.stderr)
                 return 1

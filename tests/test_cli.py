@@ -64,6 +64,7 @@ def test_serve_prints_endpoints_and_stops_cleanly_on_sigint(models_dir):
 
         assert connect(f"localhost:{ports['PORTRAIT_GRPC_PORT']}").is_ready()
         proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # a second signal at once (Ctrl-C plus a supervisor's TERM) must not hang it
         assert proc.wait(timeout=60) == 0
         assert "stopped" in proc.stdout.read()
         time.sleep(1)
@@ -75,7 +76,7 @@ def test_serve_prints_endpoints_and_stops_cleanly_on_sigint(models_dir):
 
 def test_help_lists_the_commands():
     done = run(["--help"])
-    for command in ("serve", "generate", "weights", "prompt"):
+    for command in ("serve", "generate", "detail", "sweep", "ui", "weights", "prompt"):
         assert command in done.stdout
 
 
@@ -114,3 +115,30 @@ def test_stopping_a_server_leaves_no_process_behind(models_dir):
     server.stop()
     left = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split()
     assert left == [], f"processes left in the server's group: {left}"
+
+
+def test_ui_serves_the_app_and_stops_on_signals(server):
+    """`portrait ui` against a running server: the app answers, and two quick signals stop it and its Streamlit."""
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen(PORTRAIT + ["ui", "--port", str(port), "--url", server.grpc_url], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        assert f"portrait UI on http://localhost:{port}" in proc.stdout.readline()
+        deadline, status = time.monotonic() + 60, None
+        while time.monotonic() < deadline and status is None:
+            try:
+                status = urllib.request.urlopen(f"http://localhost:{port}/", timeout=2).status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        left = subprocess.run(["pgrep", "-f", f"server.port {port}"], capture_output=True, text=True).stdout.split()
+        assert left == [], f"streamlit still running: {left}"
+        assert server.process.poll() is None  # a server it did not start is left alone
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
