@@ -54,15 +54,15 @@ def denoise_steps(
     """Euler sampling with CFG on the `guided` steps; yields UNetCall, receives noise [R, C, h, w]; returns latents.
 
     Text-to-image: `latents` is unit noise. With a `guide` (differential diffusion) the run starts at the
-    scheduler's begin index (img2img strength) and the guide resets held pixels before every step and
-    after the last; `latents` is then ignored (boundary 0 holds every pixel).
+    scheduler's begin index (img2img strength) and the guide resets held pixels before every step (the
+    published rule: none after the last); `latents` is then ignored (the first step holds every pixel).
     """
     begin = scheduler.begin_index or 0
-    timesteps, sigmas = scheduler.timesteps[begin:], scheduler.sigmas[begin:]  # sigmas has one more: the final 0
-    latents = latents * scheduler.init_noise_sigma if guide is None else guide.apply(latents, 0, sigmas[0])
+    timesteps, sigmas = scheduler.timesteps[begin:], scheduler.sigmas[begin:]  # sigmas[i]: the level before step i
+    latents = latents * scheduler.init_noise_sigma
     num_steps = len(timesteps)
     for i, t in enumerate(timesteps):
-        if guide is not None and i:
+        if guide is not None:
             latents = guide.apply(latents, i, sigmas[i])
         sample = torch.cat([latents, latents]) if guided[i] else latents  # [R, C, h, w]
         sample = scheduler.scale_model_input(sample, t)
@@ -75,7 +75,7 @@ def denoise_steps(
         if guided[i]:
             noise = combine_guidance(noise, guidance_scale)
         latents = scheduler.step(noise, t, latents, return_dict=False)[0]
-    return latents if guide is None else guide.apply(latents, num_steps, sigmas[num_steps])
+    return latents
 
 
 def run_denoise(steps: Generator[UNetCall, torch.Tensor, torch.Tensor],

@@ -11,7 +11,7 @@ from portrait.checkpoint import read_sdxl_info  # noqa: E402
 from portrait.conditioning import sdxl_time_ids  # noqa: E402
 from portrait.cancel import JOB_ID, cancel_requested, clear  # noqa: E402
 from portrait.denoise import Conditioning, UNetCall, denoise_steps  # noqa: E402
-from portrait.diffdiff import ImageGuide, hold_masks, latent_change_map, start_step  # noqa: E402
+from portrait.diffdiff import ImageGuide, make_image_guide, start_step  # noqa: E402
 from portrait.errors import Cancelled, InvalidInput  # noqa: E402
 from portrait.guidance import guided_steps  # noqa: E402
 from portrait.noise import initial_noise  # noqa: E402
@@ -82,9 +82,8 @@ class TritonPythonModel:
                                              f"got {list(change.shape)}")
         if not np.isfinite(change).all() or change.min() < 0 or change.max() > 1:
             raise InvalidInput("change_map", "values must lie in [0, 1] (high = more change)")
-        latent_change = latent_change_map(torch.from_numpy(change.copy()), tuple(noise.shape[2:]))
-        steps_run = params.steps - start_step(params.steps, params.strength)
-        return ImageGuide(torch.from_numpy(latents.copy()), noise, hold_masks(latent_change, steps_run))
+        return make_image_guide(torch.from_numpy(latents.copy()), torch.from_numpy(change.copy()), noise,
+                                params.steps, params.strength)
 
     async def predict(self, call: UNetCall) -> torch.Tensor:
         inputs = {"sample": call.sample, "timestep": call.timestep.reshape(-1, 1), "encoder_hidden_states": call.encoder_hidden_states,
