@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PORTRAIT_MODELS ?= $(CURDIR)/weights/tiny
 WEIGHTS := $(PORTRAIT_MODELS)/sdxl/model_index.json
 
-.PHONY: demo test install weights serve ui benchmark clean
+.PHONY: demo test install weights serve ui benchmark full-size-check clean
 
 demo: $(STAMP) $(WEIGHTS)
 	@mkdir -p out/demo
@@ -47,6 +47,11 @@ ui: $(STAMP) $(WEIGHTS)
 
 benchmark: $(STAMP) $(WEIGHTS)
 	$(PY) scripts/benchmark
+
+# real dimensions on CPU: builds weights/full (SDXL base 1.0 + PhotoMaker V2 shapes, random, ~8 GB) if missing,
+# serves it, runs one portrait request and compares stage 1 with diffusers; needs ~17 GB free RAM (docs/memory.md)
+full-size-check: $(STAMP)
+	$(PY) scripts/full_size_check --models $(CURDIR)/weights/full --out $(CURDIR)/out/full_size
 
 clean:
 	rm -rf $(VENV) out .cache weights .pytest_cache

@@ -287,8 +287,11 @@ def cmd_serve(args) -> int:
 
 def cmd_weights(args) -> int:
     from portrait.settings import get_settings
-    from portrait.tiny_models import build_tiny_model_set
+    from portrait.tiny_models import build_full_model_set, build_tiny_model_set
 
+    if args.full_size is not None:  # SDXL base 1.0 + PhotoMaker V2 at real dimensions, random weights (~8 GB)
+        print(build_full_model_set(args.full_size, force=args.force))
+        return 0
     print(build_tiny_model_set(get_settings().models_dir, force=args.force))
     return 0
 
@@ -345,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     weights = sub.add_parser("weights", help="build the tiny seeded default model set under PORTRAIT_MODELS")
     weights.add_argument("--force", action="store_true")
+    weights.add_argument("--full-size", type=Path, metavar="DIR", default=None,
+                         help="instead: SDXL base 1.0 + PhotoMaker V2 at their published dimensions with seeded random "
+                              "weights (fp16, about 8 GB) and InsightFace-shaped ONNX, into DIR (e.g. weights/full)")
     weights.set_defaults(func=cmd_weights)
 
     try:

@@ -253,3 +253,225 @@ def build_tiny_insightface(out: Path, seed: int = SEED) -> Path:
     torch.onnx.export(TinyLandmark106().eval(), (torch.zeros(1, 3, 192, 192),), str(out / "2d106det.onnx"), dynamo=False,
                       input_names=["data"], output_names=["fc1"], opset_version=17)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The full-size set: SDXL base 1.0 and PhotoMaker V2 at their published dimensions, seeded random weights.
+#
+# Nothing trained can be downloaded here, but everything a real checkpoint exercises through its dimensions
+# (loading, memory, the UNet's 2.6 B parameters, the LoRA at SDXL's module names, ONNX shapes) can be. The
+# values below are those of the published config.json files of stabilityai/stable-diffusion-xl-base-1.0
+# (unet/, vae/, text_encoder/, text_encoder_2/, model_index.json), written out rather than downloaded.
+
+FULL_UNET_CONFIG = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, act_fn="silu", norm_num_groups=32,
+    norm_eps=1e-5, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0, downsample_padding=1,
+    mid_block_scale_factor=1, mid_block_type="UNetMidBlock2DCrossAttn",
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    block_out_channels=[320, 640, 1280], attention_head_dim=[5, 10, 20], transformer_layers_per_block=[1, 2, 10],
+    cross_attention_dim=2048, use_linear_projection=True, upcast_attention=None, dual_cross_attention=False,
+    only_cross_attention=False, addition_embed_type="text_time", addition_embed_type_num_heads=64,
+    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816, resnet_time_scale_shift="default",
+    time_embedding_type="positional", conv_in_kernel=3, conv_out_kernel=3,
+)
+FULL_VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, sample_size=1024, layers_per_block=2, act_fn="silu",
+    norm_num_groups=32, block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4, scaling_factor=0.13025, force_upcast=True,
+)
+_CLIP_TEXT_COMMON = dict(vocab_size=CLIP_VOCAB_SIZE, max_position_embeddings=77, layer_norm_eps=1e-5, attention_dropout=0.0,
+                         dropout=0.0, initializer_factor=1.0, initializer_range=0.02, bos_token_id=0, eos_token_id=2,
+                         pad_token_id=1)
+FULL_TEXT_ENCODER_CONFIG = dict(  # OpenAI CLIP ViT-L/14's text tower
+    _CLIP_TEXT_COMMON, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+    projection_dim=768, hidden_act="quick_gelu")
+FULL_TEXT_ENCODER_2_CONFIG = dict(  # OpenCLIP ViT-bigG/14's text tower with its 1280 projection
+    _CLIP_TEXT_COMMON, hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+    projection_dim=1280, hidden_act="gelu")
+FULL_MODEL_INDEX = {
+    "_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True, "add_watermarker": None,
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+# PhotoMaker V2's model card: "lora_weights applies to all attention layers in the UNet, and the rank is set to 64"
+PHOTOMAKER_LORA_RANK = 64
+# published parameter counts, checked by tests/test_full_size.py on `meta` models (no weights)
+FULL_PARAMETER_COUNTS = {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480,
+                         "text_encoder_2": 694_659_840}
+
+
+def full_sdxl_modules(device: str = "meta", configs: dict | None = None) -> dict:
+    """The four SDXL networks at the published dimensions, on `meta` by default (shapes only, no memory).
+    `configs` overrides them (the tests pass toy widths through the same writer)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    c = {"unet": FULL_UNET_CONFIG, "vae": FULL_VAE_CONFIG, "text_encoder": FULL_TEXT_ENCODER_CONFIG,
+         "text_encoder_2": FULL_TEXT_ENCODER_2_CONFIG, **(configs or {})}
+    with torch.device(device):
+        return {
+            "unet": UNet2DConditionModel(**c["unet"]),
+            "vae": AutoencoderKL(**c["vae"]),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**c["text_encoder"])),
+            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**c["text_encoder_2"])),
+        }
+
+
+def seeded_tensor(module: torch.nn.Module, name: str, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """A random value for parameter `name` of `module` that keeps activations in range through deep stacks:
+    norms at identity, weights LeCun-normal (std 1/sqrt(fan_in)), biases and embeddings N(0, 0.02)."""
+    if isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+        return torch.ones(shape) if name == "weight" else torch.zeros(shape)
+    values = torch.randn(shape, generator=generator)
+    if len(shape) >= 2 and not isinstance(module, torch.nn.Embedding):
+        fan_in = shape[1:].numel()
+        return values / fan_in ** 0.5
+    return values * 0.02
+
+
+def seeded_state(model: torch.nn.Module, seed: int, dtype: torch.dtype = torch.float16):
+    """(key, shape, make) for every entry of `model`'s state dict, `make` drawing that tensor on demand: a `meta`
+    model is enough, and only one tensor exists at a time. Seeded per key, so the values do not depend on order."""
+    import zlib
+
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    for key, shape in shapes.items():
+        prefix, _, name = key.rpartition(".")
+        module = model.get_submodule(prefix)
+
+        def make(module=module, name=name, shape=shape, key=key) -> torch.Tensor:
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+            return seeded_tensor(module, name, shape, generator).to(dtype)
+
+        yield key, shape, make
+
+
+SAFETENSORS_DTYPES = {torch.float16: "F16", torch.float32: "F32", torch.bfloat16: "BF16"}
+
+
+def write_safetensors(path: Path, entries, dtype: torch.dtype = torch.float16) -> int:
+    """Stream (key, shape, make) entries into a .safetensors file one tensor at a time (safetensors' format: u64
+    header length, JSON header of dtypes / shapes / byte offsets, then the raw little-endian data). safetensors'
+    own save_file needs every tensor in memory at once, 5 GB for SDXL's UNet in fp16. Returns the bytes written."""
+    import struct
+
+    entries = list(entries)
+    itemsize = torch.tensor([], dtype=dtype).element_size()
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for key, shape, _ in entries:
+        size = int(torch.Size(shape).numel()) * itemsize
+        header[key] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # data 8-byte aligned, as safetensors writes it
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for key, shape, make in entries:
+            tensor = make().contiguous()
+            if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+                raise ValueError(f"{key}: made {tensor.dtype} {list(tensor.shape)}, declared {dtype} {list(shape)}")
+            f.write(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    tmp.replace(path)
+    return 8 + len(blob) + offset
+
+
+def write_full_sdxl(out: Path, seed: int = SEED, configs: dict | None = None) -> Path:
+    """SDXL base 1.0 in diffusers layout with the published configs and seeded fp16 weights (about 6.9 GB)."""
+    from diffusers import EulerDiscreteScheduler
+
+    out = Path(out)
+    tmp = Path(tempfile.mkdtemp(prefix=".sdxl-full-", dir=out.parent if out.parent.exists() else None))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would stay on the renamed set: unreadable to a container's other user
+    try:
+        modules = full_sdxl_modules("meta", configs)
+        for i, (name, model) in enumerate(modules.items()):
+            (tmp / name).mkdir()
+            weights = "model.safetensors" if name.startswith("text_encoder") else "diffusion_pytorch_model.safetensors"
+            if hasattr(model, "save_config"):  # diffusers
+                model.save_config(tmp / name)
+            else:  # transformers: as the published files (architectures; fp16 weights)
+                model.config.architectures = [type(model).__name__]
+                model.config.dtype = torch.float16
+                model.config.save_pretrained(tmp / name)
+            write_safetensors(tmp / name / weights, seeded_state(model, seed + 100 + i))
+        write_clip_tokenizer(tmp / "tokenizer", pad_token="<|endoftext|>")
+        write_clip_tokenizer(tmp / "tokenizer_2", pad_token="!")
+        EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG).save_pretrained(tmp / "scheduler")
+        (tmp / "model_index.json").write_text(json.dumps(FULL_MODEL_INDEX, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def photomaker_lora_shapes(unet, rank: int = PHOTOMAKER_LORA_RANK) -> dict[str, tuple[int, int]]:
+    """Key -> shape of PhotoMaker's LoRA on every attention projection of `unet` (a `meta` UNet will do), in the
+    attention-processor format of the real photomaker-v1/v2.bin `lora_weights`:
+    `unet.<attention path>.processor.{to_q,to_k,to_v,to_out}_lora.{down,up}.weight` (down [rank, in], up [out, rank])."""
+    from diffusers.models.attention_processor import Attention
+
+    shapes = {}
+    for path, module in unet.named_modules():
+        if isinstance(module, Attention):
+            for name, linear in (("to_q", module.to_q), ("to_k", module.to_k), ("to_v", module.to_v),
+                                 ("to_out", module.to_out[0])):
+                key = f"unet.{path}.processor.{name}_lora"
+                shapes[f"{key}.down.weight"] = (rank, linear.in_features)
+                shapes[f"{key}.up.weight"] = (linear.out_features, rank)
+    return shapes
+
+
+def write_full_photomaker(out: Path, unet_config: dict = FULL_UNET_CONFIG, seed: int = SEED,
+                          id_config=None, rank: int = PHOTOMAKER_LORA_RANK) -> Path:
+    """photomaker-v2.bin with every key and shape of the real file: V2's ID encoder at its published dimensions
+    (IdEncoderConfig's defaults; no id_encoder_config.json, as with the real file) and the rank-64 LoRA for SDXL's
+    UNet, fp16. LoRA up-projections at 0.2 / sqrt(rank) so the fused update is a visible, bounded change."""
+    from diffusers import UNet2DConditionModel
+
+    from portrait.identity import IdEncoderConfig, PhotoMakerIdEncoder
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        encoder = PhotoMakerIdEncoder(id_config or IdEncoderConfig())
+        unet = UNet2DConditionModel(**unet_config)
+    id_state = {key: make() for key, _, make in seeded_state(encoder, seed + 200)}
+    generator = torch.Generator().manual_seed(seed + 201)
+    lora = {}
+    for key, (rows, cols) in photomaker_lora_shapes(unet, rank).items():
+        scale = 1 / cols ** 0.5 if key.endswith("down.weight") else 0.2 / rank ** 0.5
+        lora[key] = (torch.randn(rows, cols, generator=generator) * scale).half()
+    tmp = out / ".photomaker-v2.bin.tmp"
+    torch.save({"id_encoder": id_state, "lora_weights": lora}, tmp)
+    (out / "id_encoder_config.json").unlink(missing_ok=True)
+    if id_config is not None:
+        id_config.write(out)
+    tmp.replace(out / "photomaker-v2.bin")
+    return out
+
+
+def build_full_model_set(models_dir: Path, seed: int = SEED, force: bool = False) -> Path:
+    """SDXL base 1.0 + PhotoMaker V2 at real dimensions with seeded random weights (about 8 GB), plus the buffalo_l
+    ONNX files at their real input sizes and input/output names (small random networks: insightface's model_zoo
+    routes them by those shapes to SCRFD at 640, Landmark at 192, ArcFaceONNX at 112; they find nothing meaningful)."""
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    if force or not (models_dir / "sdxl" / "model_index.json").exists():
+        write_full_sdxl(models_dir / "sdxl", seed)
+    if force or not (models_dir / "photomaker" / "photomaker-v2.bin").exists():
+        write_full_photomaker(models_dir / "photomaker", seed=seed)
+    pack = models_dir / "insightface"
+    if force or not (pack / "2d106det.onnx").exists():
+        build_tiny_insightface(pack, seed)
+    if force or not (pack / "w600k_r50.onnx").exists():
+        build_tiny_arcface(pack, seed)
+    return models_dir

@@ -20,6 +20,11 @@ class VAEModel:
     def initialize(self, args):
         settings = torch_setup()
         self.vae = load_vae(settings.sdxl_dir, settings.device)
+        # one direction per process: otherwise each of the two VAE models holds the whole VAE, half of it unused
+        if self.encode:
+            self.vae.decoder = self.vae.post_quant_conv = None
+        else:
+            self.vae.encoder = self.vae.quant_conv = None
         f = 2 ** (len(self.vae.config.block_out_channels) - 1)
         warm = np.zeros((1, 8 * f, 8 * f, 3), np.uint8) if self.encode else np.zeros((1, self.vae.config.latent_channels, 8, 8), np.float32)
         self.run(warm)
