@@ -22,15 +22,18 @@ MODEL_REPOSITORIES = (PROJECT_ROOT / "model_repository", PROJECT_ROOT / "ensembl
 
 def model_repositories(settings: Settings, cache: Path) -> list[Path]:
     """The repositories to serve. With `unet_dir` set, a merged copy (links) where that directory is `unet`:
-    a deployment choice (e.g. a TensorRT plan) that no caller sees."""
-    if settings.unet_dir is None:
+    a deployment choice (e.g. a TensorRT plan) that no caller sees. The `unet` model is left out unless
+    PORTRAIT_SERVE_UNET or `unet_dir` asks for it: `denoise` holds the UNet, `unet` would be a second copy."""
+    if settings.unet_dir is None and settings.serve_unet:
         return list(MODEL_REPOSITORIES)
-    if not (settings.unet_dir / "config.pbtxt").exists():
+    if settings.unet_dir is not None and not (settings.unet_dir / "config.pbtxt").exists():
         raise ServerError(f"PORTRAIT_UNET_DIR={settings.unet_dir} holds no config.pbtxt")
     merged = cache
     shutil.rmtree(merged, ignore_errors=True)
     merged.mkdir(parents=True)
     for model in sorted(p for p in MODEL_REPOSITORIES[0].iterdir() if p.is_dir()):
+        if model.name == "unet" and settings.unet_dir is None:
+            continue
         (merged / model.name).symlink_to(settings.unet_dir if model.name == "unet" else model, target_is_directory=True)
     return [merged, *MODEL_REPOSITORIES[1:]]
 

@@ -24,6 +24,13 @@ class Settings:
     store_bucket: str | None = None  # PORTRAIT_STORE_S3_BUCKET: use an S3-compatible bucket instead
     store_prefix: str = ""  # PORTRAIT_STORE_S3_PREFIX
     store_endpoint: str | None = None  # PORTRAIT_STORE_S3_ENDPOINT (MinIO, Ceph ...; default: AWS)
+    # the denoise step scheduler (portrait/scheduler.py, model_repository/denoise)
+    max_rows: int = 16  # PORTRAIT_MAX_ROWS: UNet rows per forward (CFG doubles a request's rows)
+    max_active: int = 32  # PORTRAIT_MAX_ACTIVE: requests denoising at once; later ones wait (the backlog)
+    unet_backend: str = "torch"  # PORTRAIT_UNET_BACKEND: torch | tensorrt (an engine run in-process, GPU only)
+    unet_engine: Path | None = None  # PORTRAIT_UNET_ENGINE: the TensorRT engine file (scripts/export_unet_onnx.py --engine)
+    serve_unet: bool = False  # PORTRAIT_SERVE_UNET=1: also serve the separate `unet` model (a second copy of the weights)
+    light_threads: int = 1  # PORTRAIT_LIGHT_THREADS: intra-op threads of the light models (text, VAE, identity)
 
     @property
     def sdxl_dir(self) -> Path:
@@ -52,4 +59,10 @@ def get_settings() -> Settings:
         store_bucket=env.get("PORTRAIT_STORE_S3_BUCKET") or None,
         store_prefix=env.get("PORTRAIT_STORE_S3_PREFIX", ""),
         store_endpoint=env.get("PORTRAIT_STORE_S3_ENDPOINT") or None,
+        max_rows=int(env.get("PORTRAIT_MAX_ROWS", "16")),
+        max_active=int(env.get("PORTRAIT_MAX_ACTIVE", "32")),
+        unet_backend=env.get("PORTRAIT_UNET_BACKEND", "torch"),
+        unet_engine=Path(env["PORTRAIT_UNET_ENGINE"]).expanduser().resolve() if env.get("PORTRAIT_UNET_ENGINE") else None,
+        serve_unet=env.get("PORTRAIT_SERVE_UNET", "0").lower() in ("1", "true", "yes", "on"),
+        light_threads=int(env.get("PORTRAIT_LIGHT_THREADS", "1")),
     )

@@ -51,11 +51,14 @@ def test_cancel_stops_within_a_step_and_the_server_serves_on(grpc_client, server
             if len(seen) == 3:
                 stream.close()  # closing the stream cancels the request
                 break
-    before = grpc_client.model_statistics("unet")["inference_stats"]["success"].get("count", 0)
+    from tests.test_stage1_triton import scheduler_counts
+
+    before = scheduler_counts(server)["portrait_scheduler_steps_total"]
     time.sleep(3)
-    after = grpc_client.model_statistics("unet")["inference_stats"]["success"].get("count", 0)
+    after = scheduler_counts(server)
     assert seen == [1, 2, 3]
-    assert int(after) - int(before) <= 2, "the denoise loop kept running after the cancel"
+    assert after["portrait_scheduler_steps_total"] - before <= 2, "the denoise loop kept running after the cancel"
+    assert after["portrait_scheduler_active_requests"] == 0
     out = grpc_client.portrait(BASE, None)  # the slot is free and the server answers normally
     assert out.image.shape == (128, 128, 3)
 

@@ -52,25 +52,50 @@ def test_batch_of_two_equals_single_requests(grpc_client):
     assert max_diff(pair.images[1:], grpc_client.stage1(params(seed=501)).images) <= TOLERANCE
 
 
-def unet_counts(client) -> tuple[int, int]:
-    stats = client.model_statistics("unet")
-    return int(stats["inference_stats"]["success"].get("count", 0)), int(stats.get("execution_count", 0))
+def scheduler_counts(server) -> dict[str, float]:
+    """The denoise step scheduler's counters (portrait_scheduler_* on the metrics port)."""
+    import urllib.request
+
+    from portrait.scheduler import read_scheduler_metrics
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
+        return read_scheduler_metrics(r.read().decode())
 
 
-def test_concurrent_requests_batch_in_the_unet_and_change_nothing(grpc_client):
+def test_concurrent_requests_batch_in_the_unet_and_change_nothing(grpc_client, server):
+    from portrait.guidance import guided_steps
+
     target = params(seed=777, steps=12)
     alone = grpc_client.stage1(target).images
     others = [params(seed=900 + i, steps=12, negative_prompt="blurry" if i % 2 else "") for i in range(4)]
-    requests_before, executions_before = unet_counts(grpc_client)
+    before = scheduler_counts(server)
     with ThreadPoolExecutor(max_workers=5) as pool:
         futures = [pool.submit(grpc_client.stage1, p) for p in [target, *others]]
         results = [f.result() for f in futures]
-    requests, executions = (a - b for a, b in zip(unet_counts(grpc_client), (requests_before, executions_before)))
+    after = scheduler_counts(server)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     assert max_diff(results[0].images, alone) <= TOLERANCE
-    assert requests == 5 * 12  # one unet request per step per stage1 request
-    assert executions < requests, f"{executions} unet executions for {requests} requests: nothing was batched"
+    expected_rows = sum(sum(2 if g else 1 for g in guided_steps(p.steps, p.guidance_scale, p.guidance_cutoff))
+                        for p in [target, *others])
+    assert delta["portrait_scheduler_steps_total"] == 5 * 12  # one loop step per step per stage1 request
+    assert delta["portrait_scheduler_unet_rows_total"] == expected_rows
+    forwards = delta["portrait_scheduler_forwards_total"]
+    assert forwards < 5 * 12, f"{forwards} UNet forwards for {5 * 12} steps: nothing was batched"
+    assert after["portrait_scheduler_backlog"] == 0
     for p, r in zip(others, results[1:]):
         assert r.seeds == [p.seed]
+
+
+def test_unet_model_is_not_served_by_default(server):
+    """`denoise` holds the UNet; the separate `unet` model (a second copy) is only served with PORTRAIT_SERVE_UNET."""
+    import urllib.error
+    import urllib.request
+
+    base = f"http://127.0.0.1:{server.http_port}/v2/models"
+    with urllib.request.urlopen(f"{base}/denoise/ready", timeout=10) as r:
+        assert r.status == 200
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(f"{base}/unet/ready", timeout=10)
 
 
 def test_overlong_prompt_is_truncated_and_reported(grpc_client):
