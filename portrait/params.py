@@ -194,11 +194,15 @@ class DetailParams(SamplingParams):
 
 
 def decode_image(data: bytes, field: str = "image") -> "np.ndarray":
-    """Encoded image bytes (PNG, JPEG, WebP ...) -> RGB uint8 [H, W, 3]. Gray and RGBA are converted (alpha dropped)."""
+    """Encoded image bytes (PNG, JPEG, WebP ...) -> RGB uint8 [H, W, 3], upright as displayed. Gray and RGBA are
+    converted (alpha dropped). The one decoder of a user's image: server inputs, identity photos, UI uploads, sweeps.
+
+    Phones store JPEG pixels sideways with an EXIF Orientation tag (6 or 8) that every viewer applies; so do we
+    (PIL.ImageOps.exif_transpose, as diffusers' load_image does), or faces would be searched for on their side."""
     import io
 
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not data:
         raise InvalidInput(field, "is empty")
@@ -209,7 +213,7 @@ def decode_image(data: bytes, field: str = "image") -> "np.ndarray":
                 raise InvalidInput(field, f"has no pixels ({w}x{h})")
             if w * h > MAX_IMAGE_PIXELS:
                 raise InvalidInput(field, f"must have at most {MAX_IMAGE_PIXELS} pixels (4096x4096), got {w}x{h}")
-            return np.array(img.convert("RGB"))
+            return np.array(ImageOps.exif_transpose(img).convert("RGB"))
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         if isinstance(error, InvalidInput):
             raise

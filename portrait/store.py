@@ -146,10 +146,12 @@ class ProductionStore:
         self.backend = backend
 
     def save_face(self, data: bytes) -> str:
-        """An identity photo, stored once per content; returns its key."""
+        """An identity photo, stored once per content (upright, as the server read it); returns its key."""
+        from portrait.params import decode_image
+
         key = f"faces/{hashlib.sha256(data).hexdigest()[:32]}.png"
         if not self.backend.exists(key):
-            self.backend.put(key, png_bytes(np.array(Image.open(io.BytesIO(data)).convert("RGB"))))
+            self.backend.put(key, png_bytes(decode_image(data, "id_images")))
         return key
 
     def save_production(self, images: dict[str, np.ndarray], meta: dict) -> Production:

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from portrait.errors import InvalidInput
-from portrait.params import DetailParams, Stage1Params
+from portrait.params import DetailParams, Stage1Params, decode_image
 
 MAX_COMBINATIONS = 256
 STAGE1_FIELDS = ("width", "height", "steps", "guidance_scale", "guidance_cutoff", "negative_prompt")
@@ -102,6 +102,12 @@ def parse_sweep(text: str, base_dir: Path = Path("."), default_size: int = 1024)
     for path in face_paths:
         if not path.is_file():
             raise InvalidInput("faces", f"{path} does not exist")
+        try:  # decoded as the server will (orientation applied), so an unreadable photo stops the sweep now
+            decode_image(path.read_bytes(), "faces")
+        except InvalidInput as error:
+            raise InvalidInput("faces", f"{path} {error.message}") from None
+        except OSError as error:
+            raise InvalidInput("faces", f"{path} cannot be read: {error.strerror}") from None
     params, grid = spec.get("params") or {}, spec.get("grid") or {}
     for section, values in (("params", params), ("grid", grid)):
         if not isinstance(values, dict):
