@@ -47,6 +47,20 @@ class UNetCall:
     num_steps: int
 
 
+def step_conditioning(cond: Conditioning, step: int, guided: bool, cache: dict) -> tuple[torch.Tensor, ...]:
+    """(hidden states, pooled, time ids) of one step, [neg..., pos...] when guided; the same tensor objects on
+    every step that needs the same rows, so no per-step copy (and the step scheduler can reuse its merge)."""
+    key = (guided, cond.id_embeds is not None and step > cond.start_merge_step)
+    if key not in cache:
+        embeds, pooled = cond.positive(step)
+        time_ids = cond.time_ids
+        if guided:
+            embeds, pooled = torch.cat([cond.negative_embeds, embeds]), torch.cat([cond.negative_pooled, pooled])
+            time_ids = torch.cat([time_ids, time_ids])
+        cache[key] = (embeds.contiguous(), pooled.contiguous(), time_ids.contiguous())
+    return cache[key]
+
+
 def denoise_steps(
     scheduler, latents: torch.Tensor, cond: Conditioning, guided: list[bool], guidance_scale: float,
     guide: ImageGuide | None = None,
@@ -61,16 +75,13 @@ def denoise_steps(
     timesteps, sigmas = scheduler.timesteps[begin:], scheduler.sigmas[begin:]  # sigmas[i]: the level before step i
     latents = latents * scheduler.init_noise_sigma
     num_steps = len(timesteps)
+    cache: dict = {}
     for i, t in enumerate(timesteps):
         if guide is not None:
             latents = guide.apply(latents, i, sigmas[i])
         sample = torch.cat([latents, latents]) if guided[i] else latents  # [R, C, h, w]
         sample = scheduler.scale_model_input(sample, t)
-        embeds, pooled = cond.positive(i)
-        time_ids = cond.time_ids
-        if guided[i]:
-            embeds, pooled = torch.cat([cond.negative_embeds, embeds]), torch.cat([cond.negative_pooled, pooled])
-            time_ids = torch.cat([time_ids, time_ids])
+        embeds, pooled, time_ids = step_conditioning(cond, i, guided[i], cache)
         noise = yield UNetCall(sample, t.expand(sample.shape[0]).float(), embeds, pooled, time_ids, i, num_steps)
         if guided[i]:
             noise = combine_guidance(noise, guidance_scale)

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Export the UNet of PORTRAIT_MODELS/sdxl to ONNX (the `unet` model's Triton contract), with PhotoMaker's LoRA
-fused in when PORTRAIT_MODELS holds photomaker/ (the same UNet the Python `unet` model serves)."""
+fused in when PORTRAIT_MODELS holds photomaker/ (the same UNet `denoise` runs); with --engine, also build the fp16
+TensorRT engine that `denoise` runs in-process (PORTRAIT_UNET_BACKEND=tensorrt PORTRAIT_UNET_ENGINE=<file>;
+GPU machine with the tensorrt wheel)."""
 
 import argparse
 import sys
@@ -8,13 +10,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from portrait.export import export_unet_onnx  # noqa: E402
+from portrait.export import SDXL_PROFILES, EngineProfile, build_unet_engine, export_unet_onnx  # noqa: E402
 from portrait.sdxl import load_unet  # noqa: E402
 from portrait.settings import get_settings  # noqa: E402
+from portrait.unet_runner import UNetDims  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--out", type=Path, default=Path("out/onnx/unet.onnx"))
 parser.add_argument("--opset", type=int, default=17)
+parser.add_argument("--external-data", action="store_true", help="weights in <out>.data (automatic above 1.5 GB)")
+parser.add_argument("--engine", type=Path, default=None, help="also build a TensorRT engine here")
+parser.add_argument("--max-rows", type=int, default=get_settings().max_rows, help="rows per forward (PORTRAIT_MAX_ROWS)")
+parser.add_argument("--latents", type=int, nargs=3, action="append", metavar=("MIN", "OPT", "MAX"),
+                    help="a profile's latent side range (pixels / 8); repeatable; default 64-96-96 and 96-128-128")
 args = parser.parse_args()
 settings = get_settings()
-print(export_unet_onnx(load_unet(settings.sdxl_dir, "cpu", settings.photomaker_file), args.out, args.opset))
+onnx = export_unet_onnx(load_unet(settings.sdxl_dir, "cpu", settings.photomaker_file), args.out, args.opset,
+                        external_data=True if args.external_data else None)
+print(onnx)
+if args.engine is not None:
+    dims = UNetDims.read(settings.sdxl_dir)
+    profiles = [EngineProfile(*r, max_rows=args.max_rows, opt_rows=max(1, args.max_rows // 4)) for r in args.latents] \
+        if args.latents else [EngineProfile(p.min_latent, p.opt_latent, p.max_latent, args.max_rows,
+                                            max(1, args.max_rows // 4)) for p in SDXL_PROFILES]
+    print(build_unet_engine(onnx, args.engine, dims.cross_attention_dim, dims.pooled_dim, tuple(profiles)))
