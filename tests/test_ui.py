@@ -4,16 +4,18 @@ through a real headless Chromium."""
 from __future__ import annotations
 
 import os
-import socket
+import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from portrait.server import free_port, port_open
 from portrait.settings import PROJECT_ROOT, get_settings
 from portrait.store import ProductionStore, LocalBackend
 
@@ -134,29 +136,34 @@ def test_sweep_page_rejects_bad_yaml(ui_env):
     assert not ui_env.productions()  # nothing ran
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def running_app(server, tmp_path):
+    """`streamlit run ui/app.py` on a free port against the test server; its log goes to a file (a pipe nobody
+    reads would block the app once full)."""
     port = free_port()
     env = {**os.environ, "PORTRAIT_URL": server.grpc_url, "PORTRAIT_STORE": str(tmp_path / "store")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(UI / "app.py"), "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    log = tmp_path / "streamlit.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(UI / "app.py"), "--server.port", str(port),
+             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
+    while not port_open("127.0.0.1", port):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.3)
-    yield f"http://127.0.0.1:{port}"
+    yield RunningApp(f"http://127.0.0.1:{port}", log)
     process.terminate()
     process.wait(15)
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    url: str
+    log: Path
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
 
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -170,7 +177,7 @@ def test_real_browser_loads_the_app(running_app, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(running_app)
+        page.goto(running_app.url)
         page.get_by_role("button", name="Generate").wait_for(timeout=60_000)
         assert page.get_by_text("Create a portrait").first.is_visible()
         assert page.get_by_role("link", name="Gallery").is_visible()
@@ -190,3 +197,97 @@ def test_real_browser_loads_the_app(running_app, tmp_path):
     shot = np.array(Image.open(tmp_path / "create.png").convert("L"))
     assert shot.shape == (1000, 1280) and shot.std() > 10  # a rendered page, not a blank one
     assert ProductionStore(LocalBackend(tmp_path / "store")).productions() == []  # the cancelled run stored nothing
+
+
+class PageWatch:
+    """Every response of the page that answered 4xx/5xx (the favicon aside) and every request that failed."""
+
+    def __init__(self, page):
+        self.bad: list[str] = []
+        page.on("response", lambda r: r.status >= 400 and "favicon" not in r.url
+                and self.bad.append(f"{r.status} {r.request.method} {r.url}"))
+        page.on("requestfailed", lambda r: "favicon" not in r.url
+                and self.bad.append(f"failed {r.method} {r.url}: {r.failure}"))
+
+
+def assert_images_load(page, watch: PageWatch, app: RunningApp, at_least: int) -> list[dict]:
+    """What a person sees: every <img> on the page finished loading with real pixels (a broken image has
+    naturalWidth 0), and no request of the page failed."""
+    page.wait_for_function("n => document.images.length >= n", arg=at_least, timeout=60_000)  # all drawn
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=30_000)
+    images = page.evaluate("() => Array.from(document.images).map(i => ({src: i.currentSrc || i.src, "
+                           "width: i.naturalWidth, height: i.naturalHeight}))")
+    broken = [i["src"] for i in images if i["width"] == 0]
+    assert not broken, f"broken images {broken}; failed requests {watch.bad}\n{app.log_tail()}"
+    assert not watch.bad, f"failed requests {watch.bad}\n{app.log_tail()}"
+    assert len(images) >= at_least, images
+    return images
+
+
+def wait_for_result(page, result, timeout: int):
+    """Wait for `result` (a locator) or a message box, whichever comes first: a failure shows its message at once."""
+    alert = page.locator('[data-testid="stAlertContainer"]')
+    result.or_(alert).first.wait_for(timeout=timeout)
+    assert result.count(), alert.all_inner_texts()
+
+
+def test_real_browser_shows_every_image(running_app, tmp_path):
+    """Headless Chromium through a newcomer's path on the tiny set and the real server: a generation with two
+    identity photos (a phone photo stored sideways, and the sample; their thumbnails, then base, mask and final),
+    Save to gallery and the Gallery page, a Sweep's contact sheet. Every image on each page loads, and no request
+    answers an error."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_faces_masks import package_file
+    from tests.test_orientation import sideways
+
+    assert CHROMIUM.exists(), "Debian's chromium is not installed (make install installs it)"
+    phone = tmp_path / "phone.jpg"  # landscape, stored as a phone does: pixels turned, EXIF Orientation 6
+    phone.write_bytes(sideways(package_file("insightface", "data/images/t1.jpg"), 6))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        watch = PageWatch(page)
+        page.goto(running_app.url)
+        page.get_by_role("button", name="Generate").wait_for(timeout=60_000)
+        page.locator("input[type=file]").set_input_files(str(phone))
+        page.get_by_text("identity 1").wait_for(timeout=30_000)
+        page.get_by_role("combobox").first.click()
+        page.get_by_role("option", name="astronaut (sample)").click()
+        page.get_by_text("identity 2").wait_for(timeout=30_000)
+        thumbnails = assert_images_load(page, watch, running_app, at_least=2)
+        assert [(i["width"], i["height"]) for i in thumbnails] == [(96, 66), (96, 96)]  # upright: 1280x886 at 96 px
+        page.get_by_label(re.compile("^Prompt")).fill("portrait of a woman img, oil painting")
+        for label, value in (("Steps", "2"), ("Width", "64"), ("Height", "64")):
+            box = page.get_by_label(label, exact=True)
+            box.fill(value)
+            box.press("Enter")
+        page.get_by_role("button", name="Generate").click()
+        wait_for_result(page, page.get_by_role("button", name="Save to gallery"), 300_000)
+        page.get_by_text("Final", exact=True).wait_for(timeout=30_000)
+        images = assert_images_load(page, watch, running_app, at_least=5)  # identities 1, 2, base, mask, final
+        assert sum(i["width"] == 64 and i["height"] == 64 for i in images) == 3, images  # the three 64x64 panels
+        page.screenshot(path=str(tmp_path / "create.png"), full_page=True)
+
+        page.get_by_role("button", name="Save to gallery").click()
+        page.get_by_text("Saved to the gallery.").wait_for(timeout=30_000)
+        page.get_by_role("link", name="Gallery").click()
+        page.get_by_text("page 1 of 1").wait_for(timeout=30_000)
+        page.get_by_text("seed 0 ·").wait_for(timeout=30_000)
+        assert_images_load(page, watch, running_app, at_least=1)
+
+        page.get_by_role("link", name="Sweep").click()
+        sweep = page.get_by_label("Sweep (YAML)")
+        sweep.wait_for(timeout=30_000)
+        sweep.fill("name: browser\nprompts: ['portrait of a man, oil painting']\n"
+                   "params: {steps: 2, width: 64, height: 64}\ngrid: {guidance_scale: [3.0, 6.0]}\nseeds: [0]\n")
+        sweep.press("Control+Enter")
+        page.get_by_role("button", name="Run sweep").click()
+        wait_for_result(page, page.get_by_text("contact sheet at"), 300_000)
+        images = assert_images_load(page, watch, running_app, at_least=1)
+        sheet = [i for i in images if i["width"] > 256]  # two columns of 256 px cells and the labels
+        assert len(sheet) == 1, images
+        page.screenshot(path=str(tmp_path / "sweep.png"), full_page=True)
+        browser.close()
+    store = ProductionStore(LocalBackend(tmp_path / "store"))
+    assert len(store.productions()) == 3 and len(store.gallery()[0]) == 1

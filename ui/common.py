@@ -40,6 +40,15 @@ def sample_faces() -> dict[str, bytes]:
     return {"astronaut (sample)": (Path(skimage.__file__).parent / "data" / "astronaut.png").read_bytes()}
 
 
+@st.cache_data(max_entries=32)
+def upright(data: bytes, field: str = "id_images"):
+    """A user's photo as every viewer shows it (EXIF orientation applied): the decoder the server runs, so what the
+    page shows is what the server sees. An unreadable file raises InvalidInput naming the field."""
+    from portrait.params import decode_image
+
+    return decode_image(data, field)
+
+
 def show_error(error: Exception) -> None:
     """A plain message, never a traceback."""
     if isinstance(error, PortraitError):

@@ -9,7 +9,7 @@ import streamlit as st
 
 from portrait import params as P
 from portrait.errors import Cancelled, InvalidInput, PortraitError
-from ui.common import get_client, get_store, native_size, sample_faces, show_error
+from ui.common import get_client, get_store, native_size, sample_faces, show_error, upright
 
 SEED_UI_MAX = min(P.SEED_MAX, 2**53 - 1)  # a browser number holds 53 bits exactly
 
@@ -34,9 +34,23 @@ def current_faces() -> list[bytes]:
             + ([sample_faces()[sample]] if sample != "none" else []))
 
 
+def shown_faces(faces: list[bytes]) -> list:
+    """The photos as the server will read them (upright); an unreadable one is named by its place."""
+    shown = []
+    for i, face in enumerate(faces):
+        try:
+            shown.append(upright(face))
+        except InvalidInput as error:
+            raise InvalidInput("id_images", f"photo {i + 1} of {len(faces)} {error.message}") from None
+    return shown
+
+
 faces = current_faces()
 if faces:
-    st.image(faces, width=96, caption=[f"identity {i + 1}" for i in range(len(faces))])
+    try:  # decoded, not the raw bytes: Streamlit re-encodes a large photo without its EXIF orientation
+        st.image(shown_faces(faces), width=96, caption=[f"identity {i + 1}" for i in range(len(faces))])
+    except InvalidInput as error:
+        show_error(error)
 
 # idea -> prompt (the agent), editable
 st.session_state.setdefault("prompt", "")
@@ -94,6 +108,7 @@ def checked_params() -> tuple[P.Stage1Params, P.DetailParams, int]:
     if faces:
         P.check_id_images(len(faces))
         P.text_only_prompt(prompt)
+        shown_faces(faces)
     return base, detail, int(count)
 
 
