@@ -113,13 +113,14 @@ def prometheus_config(directory: Path) -> Path:
         "__meta_kubernetes_namespace": "portrait",
         "__meta_kubernetes_pod_node_name": "localhost"}}]
     config["global"] = {"scrape_interval": "2s", "evaluation_interval": "2s"}
+    (directory / "rules").mkdir()
     for group_file in (ROOT / "infra/prometheus/rules").glob("*.yml"):
-        shutil.copy(group_file, directory / group_file.name)
-    rules = yaml.safe_load((directory / "portrait.rules.yml").read_text())
+        shutil.copy(group_file, directory / "rules" / group_file.name)
+    rules = yaml.safe_load((directory / "rules/portrait.rules.yml").read_text())
     for group in rules["groups"]:
-        group["interval"] = "2s"
-    (directory / "portrait.rules.yml").write_text(yaml.safe_dump(rules))
-    config["rule_files"] = [str(directory / "*.yml")]
+        group["interval"] = "2s"  # the recorded series appear within seconds of the load
+    (directory / "rules/portrait.rules.yml").write_text(yaml.safe_dump(rules))
+    config["rule_files"] = [str(directory / "rules" / "*.yml")]
     path = directory / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     subprocess.run(["promtool", "check", "config", str(path)], check=True)
@@ -133,16 +134,26 @@ def query(expr: str) -> list[dict]:
     return json.loads(body)["data"]["result"]
 
 
-def load(requests: int, out: Path) -> None:
+def stage1(seed: int):
     sys.path.insert(0, str(ROOT))
     from clients import connect
     from portrait.params import Stage1Params
 
-    def one(seed: int):
-        with connect(f"127.0.0.1:{PORTS['grpc']}", "grpc") as client:
-            return client.stage1(Stage1Params(prompt="portrait of a woman, oil painting", width=128, height=128,
-                                              steps=4, seed=seed)).images
+    with connect(f"127.0.0.1:{PORTS['grpc']}", "grpc") as client:
+        return client.stage1(Stage1Params(prompt="portrait of a woman, oil painting", width=128, height=128,
+                                          steps=4, seed=seed)).images
 
+
+def warm_up() -> None:
+    """One request, then wait until Prometheus holds the counters it created: a rate needs a sample before the
+    load (the models create their metric series on first use)."""
+    stage1(100)
+    wait_for("the request counters in Prometheus", lambda: query('portrait_requests_total{model="stage1"}'), 60)
+    time.sleep(5)  # two more scrapes at 2 s
+
+
+def load(requests: int, out: Path) -> None:
+    one = stage1
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(one, range(requests)))
     assert len(results) == requests and all(r.shape[-1] == 3 for r in results)
@@ -220,6 +231,7 @@ def main() -> int:
                  f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"],
                 stdout=open(Path(tmp) / "prometheus.log", "w"), stderr=subprocess.STDOUT)
             wait_for("Prometheus ready", lambda: http_get(f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready")[0] == 200, 60)
+            warm_up()
             load(args.requests, args.out)
             check_prometheus()
             stop_container(container, args.grace, log)
