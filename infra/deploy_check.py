@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PORTS = {"http": 18000, "grpc": 18001, "metrics": 18002, "health": 18003}
 PROMETHEUS_PORT = 19090
 NAME = "portrait-deploy-check"
+# podman settings for this kind of host (runc, cgroupfs, no ulimits), as the Makefile exports them
+os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "infra/podman/containers.conf"))
 
 
 def say(message: str) -> None:
