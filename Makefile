@@ -42,6 +42,12 @@ $(WEIGHTS): | $(STAMP)
 serve: $(STAMP) $(WEIGHTS)
 	$(VENV)/bin/portrait serve
 
+# 300 stage1 requests at concurrency 4 against `portrait serve`: 0 failures, RSS growth < 5 % (docs/reliability.md)
+SOAK ?= 300
+.PHONY: soak
+soak: $(STAMP) $(WEIGHTS)
+	PORTRAIT_SOAK=$(SOAK) $(PY) -m pytest -q -s -m soak tests/test_faults.py
+
 ui: $(STAMP) $(WEIGHTS)
 	$(VENV)/bin/portrait ui
 

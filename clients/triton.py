@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from portrait.errors import Cancelled, InvalidInput, PortraitError, ServerError
+from portrait.errors import Cancelled, InvalidInput, PortraitError, ServerError, Unavailable
 from portrait.params import DetailParams, Stage1Params, check_id_images, text_only_prompt
 
 # Triton datatype of each stage1 field (the config.pbtxt is the contract; this mirrors it)
@@ -57,10 +57,16 @@ class Stage1Output:
     truncated_tokens: int
 
 
+UNAVAILABLE_PREFIX = "service unavailable"  # the models' Unavailable form (portrait/triton_io.py)
+
+
 def translate_error(error: Exception) -> PortraitError:
-    """InferenceServerException -> InvalidInput (field named by the server) or ServerError."""
+    """InferenceServerException -> InvalidInput (field named by the server), Unavailable (draining, restarting,
+    unreachable: retry) or ServerError."""
     status, message = str(getattr(error, "status", lambda: "")() or ""), getattr(error, "message", lambda: str(error))()
     message = message or str(error)
+    if "UNAVAILABLE" in status or status == "503" or message.strip().startswith(UNAVAILABLE_PREFIX):
+        return Unavailable(f"server unavailable (retry later or on another replica): {message}")
     if not status and FIELD_ERROR.match(message):  # gRPC streams carry the message without the status code
         status = "INVALID_ARG"
     if "INVALID_ARG" in status or status == "400" or "INVALID_ARGUMENT" in status:
@@ -68,7 +74,8 @@ def translate_error(error: Exception) -> PortraitError:
         ours = FIELD_ERROR.match(message)
         if ours:
             return InvalidInput(ours.group(1), ours.group(2))
-        core = re.search(r"input '([^']+)'", message)  # Triton core's dtype/shape checks
+        core = (re.search(r"input '([^']+)'", message)  # Triton core's dtype/shape checks
+                or re.search(r"missing required input\(s\) \['([^']+)'", message))
         return InvalidInput(core.group(1) if core else "request", message)
     return ServerError(f"{status or 'error'}: {message}".strip())
 
@@ -76,6 +83,8 @@ def translate_error(error: Exception) -> PortraitError:
 def as_portrait_error(error: Exception) -> PortraitError:
     if type(error).__name__ == "InferenceServerException":
         return translate_error(error)
+    if isinstance(error, ConnectionError):
+        return Unavailable(f"server unavailable (retry later or on another replica): {type(error).__name__}: {error}")
     return ServerError(f"{type(error).__name__}: {error}")
 
 
@@ -143,11 +152,18 @@ class TritonClient:
         if self.protocol != "grpc":
             raise ServerError("streaming needs the gRPC protocol")
         responses: queue.Queue = queue.Queue()
-        self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        try:
+            self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        except Exception as error:
+            raise as_portrait_error(error) from None
         finished = False
         try:
-            self.client.async_stream_infer(model, self._inputs(arrays), outputs=[self.module.InferRequestedOutput(n) for n in outputs],
-                                           enable_empty_final_response=True)
+            try:
+                self.client.async_stream_infer(model, self._inputs(arrays),
+                                               outputs=[self.module.InferRequestedOutput(n) for n in outputs],
+                                               enable_empty_final_response=True)
+            except Exception as error:
+                raise as_portrait_error(error) from None
             while True:
                 try:
                     result, error = responses.get(timeout=self.timeout)

@@ -265,24 +265,23 @@ def cmd_ui(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from portrait.server import TritonServer
+    """tritonserver under the supervisor (portrait/server.py: watchdog, truthful health, drain on SIGTERM)."""
+    import dataclasses as dc
+
+    from portrait.server import Supervisor, TritonServer
     from portrait.settings import get_settings
 
-    server = TritonServer.create(get_settings())
-    stop = stop_on_signals()
-    server.start()
-    print(f"Triton is ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics localhost:{server.metrics_port}/metrics")
-    print(f"models from {get_settings().models_dir}; log {server.log_path}; Ctrl-C stops", flush=True)
-    try:
-        while not stop:
-            time.sleep(0.5)
-            if server.process.poll() is not None:
-                print(f"tritonserver exited ({server.process.returncode}):\n{server.log_tail()}", file=sys.stderr)
-                return 1
-    finally:
-        server.stop()
-    print("stopped")
-    return 0
+    settings = get_settings()
+    overrides = {k: v for k, v in (("host", args.host), ("health_port", args.health_port),
+                                   ("grace_period", args.grace_period)) if v is not None}
+    settings = dc.replace(settings, **overrides)
+    server = TritonServer.create(settings)
+    banner = (f"models from {settings.models_dir}; log {server.log_path}; bound to {settings.host}; the "
+              f"model-repository, shared-memory, logging and trace APIs need the X-Portrait-Key header "
+              f"({'PORTRAIT_API_KEY' if settings.api_key else 'a random key: set PORTRAIT_API_KEY to use them'}); "
+              f"Ctrl-C / SIGTERM drains and stops")
+    supervisor = Supervisor(server, settings.health_port, exit_on_failure=args.exit_on_failure, banner=banner)
+    return supervisor.run()
 
 
 def cmd_weights(args) -> int:
@@ -300,7 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="portrait", description="Face-identity portraits served by NVIDIA Triton")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the Triton server with model_repository/ and ensembles/")
+    serve = sub.add_parser("serve", help="run the Triton server with model_repository/ and ensembles/, supervised")
+    serve.add_argument("--host", default=None, help="address to bind HTTP, gRPC, metrics and health to "
+                       "(default PORTRAIT_HOST, 127.0.0.1; 0.0.0.0 opens it to the network)")
+    serve.add_argument("--health-port", type=int, default=None, help="truthful /v2/health/{live,ready} "
+                       "(default PORTRAIT_HEALTH_PORT, 8003)")
+    serve.add_argument("--grace-period", type=float, default=None, help="seconds SIGTERM lets in-flight requests "
+                       "finish (default PORTRAIT_GRACE_PERIOD, 30)")
+    serve.add_argument("--exit-on-failure", action="store_true", help="a dead or wedged model worker ends the "
+                       "supervisor with exit code 3 (container mode) instead of restarting Triton")
     serve.set_defaults(func=cmd_serve)
 
     gen = sub.add_parser("generate", help="text -> image through Triton (starts an embedded server if none answers)")

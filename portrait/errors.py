@@ -23,3 +23,8 @@ class ServerError(PortraitError):
 
 class Cancelled(PortraitError):
     """The request was cancelled by its client."""
+
+
+class Unavailable(ServerError):
+    """The server (or a model it calls) cannot take the request now: draining, restarting, or a worker died.
+    Maps to Triton's UNAVAILABLE; a client may retry, on another replica or after a moment."""

@@ -64,6 +64,7 @@ class Stage1Params(SamplingParams):
         for name in ("width", "height"):
             check_size(name, getattr(self, name))
         check_int_range("batch_size", self.batch_size, BATCH_MIN, BATCH_MAX)
+        check_seed_offsets(self.seed, self.batch_size, "batch_size")
 
     @property
     def seeds(self) -> list[int]:
@@ -98,6 +99,54 @@ def check_float_range(name: str, value: Any, lo: float, hi: float) -> None:
         raise InvalidInput(name, f"must be a finite number in [{lo:g}, {hi:g}], got {value!r}")
     if not lo <= value <= hi:
         raise InvalidInput(name, f"must be in [{lo:g}, {hi:g}], got {value:g}")
+
+
+def check_seed_offsets(seed: int, count: int, by: str) -> None:
+    """Image (or face) i uses seed + i: the last of `count` must still be a valid seed (int64)."""
+    if seed + count - 1 > SEED_MAX:
+        raise InvalidInput("seed", f"seed + {by} - 1 must be at most {SEED_MAX} (image i uses seed + i), "
+                                   f"got {seed} + {count} - 1")
+
+
+def check_finite(name: str, array: Any) -> None:
+    """Every value of a float tensor finite: a NaN or inf would run through the model and come out as noise."""
+    import numpy as np
+
+    if not np.isfinite(array).all():
+        raise InvalidInput(name, "must hold finite numbers only (found NaN or inf)")
+
+
+def check_shape(name: str, array: Any, expected: tuple) -> None:
+    """`expected`: one int or None (any) per dimension."""
+    shape = tuple(array.shape)
+    if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
+        wanted = "[" + ", ".join("N" if e is None else str(e) for e in expected) + "]"
+        raise InvalidInput(name, f"must have shape {wanted}, got {list(shape)}")
+
+
+def check_image_array(name: str, image: Any, multiple: int = 1, batched: bool = False) -> None:
+    """A uint8 RGB tensor [H, W, 3] (or [B, H, W, 3]) with 1..MAX_IMAGE_PIXELS pixels, sides a multiple of `multiple`."""
+    check_shape(name, image, (None,) * (4 if batched else 3))
+    h, w, c = image.shape[-3:]
+    if c != 3:
+        raise InvalidInput(name, f"must have 3 channels (RGB) in its last dimension, got {c}")
+    if h < multiple or w < multiple or h * w > MAX_IMAGE_PIXELS:
+        raise InvalidInput(name, f"must be at least {multiple}x{multiple} and at most {MAX_IMAGE_PIXELS} pixels, "
+                                 f"got {h}x{w}")
+    if h % multiple or w % multiple:
+        raise InvalidInput(name, f"height and width must be multiples of {multiple}, got {h}x{w}")
+    if batched and not 1 <= image.shape[0] <= MAX_FACES_LIMIT:
+        raise InvalidInput(name, f"must hold 1 to {MAX_FACES_LIMIT} images, got {image.shape[0]}")
+
+
+def check_latents(name: str, latents: Any, channels: int, factor: int) -> None:
+    """Latents [B, C, h, w] of the checkpoint's VAE: C channels, h and w for a [SIZE_MIN, SIZE_MAX] image."""
+    check_shape(name, latents, (None, channels, None, None))
+    lo, hi = max(1, SIZE_MIN // factor), SIZE_MAX // factor
+    h, w = latents.shape[2:]
+    if not (lo <= h <= hi and lo <= w <= hi):
+        raise InvalidInput(name, f"latent height and width must be in [{lo}, {hi}], got {h}x{w}")
+    check_finite(name, latents)
 
 
 def check_strength(steps: int, strength: Any) -> None:
@@ -191,6 +240,7 @@ class DetailParams(SamplingParams):
         check_int_range("max_faces", self.max_faces, 1, MAX_FACES_LIMIT)
         check_float_range("margin", self.margin, MARGIN_MIN, MARGIN_MAX)
         check_size("work_size", self.work_size)
+        check_seed_offsets(self.seed, self.max_faces, "max_faces")
 
 
 def decode_image(data: bytes, field: str = "image") -> "np.ndarray":

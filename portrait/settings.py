@@ -24,6 +24,13 @@ class Settings:
     store_bucket: str | None = None  # PORTRAIT_STORE_S3_BUCKET: use an S3-compatible bucket instead
     store_prefix: str = ""  # PORTRAIT_STORE_S3_PREFIX
     store_endpoint: str | None = None  # PORTRAIT_STORE_S3_ENDPOINT (MinIO, Ceph ...; default: AWS)
+    # serving (portrait serve, docs/reliability.md)
+    host: str = "127.0.0.1"  # PORTRAIT_HOST: address HTTP, gRPC, metrics and health bind to
+    health_port: int = 8003  # PORTRAIT_HEALTH_PORT: the supervisor's truthful /v2/health/{live,ready}
+    grace_period: float = 30.0  # PORTRAIT_GRACE_PERIOD: seconds SIGTERM waits for in-flight requests
+    api_key: str | None = None  # PORTRAIT_API_KEY: X-Portrait-Key of the restricted APIs (None: random per start)
+    cache_dir: Path = PROJECT_ROOT / ".cache"  # PORTRAIT_CACHE_DIR: every path the server writes
+    bls_timeout: float = 300.0  # PORTRAIT_BLS_TIMEOUT: seconds a model waits for one answer of a model it calls
     # the denoise step scheduler (portrait/scheduler.py, model_repository/denoise)
     max_rows: int = 16  # PORTRAIT_MAX_ROWS: UNet rows per forward (CFG doubles a request's rows)
     max_active: int = 32  # PORTRAIT_MAX_ACTIVE: requests denoising at once; later ones wait (the backlog)
@@ -31,6 +38,12 @@ class Settings:
     unet_engine: Path | None = None  # PORTRAIT_UNET_ENGINE: the TensorRT engine file (scripts/export_unet_onnx.py --engine)
     serve_unet: bool = False  # PORTRAIT_SERVE_UNET=1: also serve the separate `unet` model (a second copy of the weights)
     light_threads: int = 1  # PORTRAIT_LIGHT_THREADS: intra-op threads of the light models (text, VAE, identity)
+    # PORTRAIT_UNET_STORAGE=float16|bfloat16: the UNet's weights kept in that dtype, computed in the device's
+    # (layerwise casting): half the UNet's CPU memory (docs/memory.md); unset = fp32 on CPU
+    unet_storage: str | None = None
+    # tracing (docs/deploy.md): Triton's OpenTelemetry mode, BLS child requests carry their parent's trace
+    otel_endpoint: str | None = None  # PORTRAIT_OTEL_ENDPOINT: OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces
+    otel_rate: int = 1  # PORTRAIT_OTEL_RATE: trace one request in N (Triton's trace rate)
 
     @property
     def sdxl_dir(self) -> Path:
@@ -59,10 +72,19 @@ def get_settings() -> Settings:
         store_bucket=env.get("PORTRAIT_STORE_S3_BUCKET") or None,
         store_prefix=env.get("PORTRAIT_STORE_S3_PREFIX", ""),
         store_endpoint=env.get("PORTRAIT_STORE_S3_ENDPOINT") or None,
+        host=env.get("PORTRAIT_HOST", "127.0.0.1"),
+        health_port=int(env.get("PORTRAIT_HEALTH_PORT", "8003")),
+        grace_period=float(env.get("PORTRAIT_GRACE_PERIOD", "30")),
+        api_key=env.get("PORTRAIT_API_KEY") or None,
+        cache_dir=Path(env.get("PORTRAIT_CACHE_DIR", PROJECT_ROOT / ".cache")).expanduser().resolve(),
+        bls_timeout=float(env.get("PORTRAIT_BLS_TIMEOUT", "300")),
         max_rows=int(env.get("PORTRAIT_MAX_ROWS", "16")),
         max_active=int(env.get("PORTRAIT_MAX_ACTIVE", "32")),
         unet_backend=env.get("PORTRAIT_UNET_BACKEND", "torch"),
         unet_engine=Path(env["PORTRAIT_UNET_ENGINE"]).expanduser().resolve() if env.get("PORTRAIT_UNET_ENGINE") else None,
         serve_unet=env.get("PORTRAIT_SERVE_UNET", "0").lower() in ("1", "true", "yes", "on"),
         light_threads=int(env.get("PORTRAIT_LIGHT_THREADS", "1")),
+        unet_storage=env.get("PORTRAIT_UNET_STORAGE") or None,
+        otel_endpoint=env.get("PORTRAIT_OTEL_ENDPOINT") or None,
+        otel_rate=int(env.get("PORTRAIT_OTEL_RATE", "1")),
     )

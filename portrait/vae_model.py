@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from portrait import triton_io as io
+from portrait.params import check_image_array, check_latents
 from portrait.sdxl import decode_latents, encode_images, load_vae
 from portrait.torch_models import torch_setup
 
@@ -18,6 +19,7 @@ class VAEModel:
         self.encode = encode
 
     def initialize(self, args):
+        io.setup(args)
         settings = torch_setup()
         self.vae = load_vae(settings.sdxl_dir, settings.device)
         # one direction per process: otherwise each of the two VAE models holds the whole VAE, half of it unused
@@ -25,7 +27,7 @@ class VAEModel:
             self.vae.decoder = self.vae.post_quant_conv = None
         else:
             self.vae.encoder = self.vae.quant_conv = None
-        f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        f = self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         warm = np.zeros((1, 8 * f, 8 * f, 3), np.uint8) if self.encode else np.zeros((1, self.vae.config.latent_channels, 8, 8), np.float32)
         self.run(warm)
 
@@ -37,4 +39,12 @@ class VAEModel:
     def execute(self, requests):
         # requests of different sizes each get their own forward; one bad request does not fail the others
         return io.respond_each(requests, lambda r: io.pb_utils.InferenceResponse(
-            [io.tensor(self.out_name, self.run(io.get_array(r, self.in_name)))]))
+            [io.tensor(self.out_name, self.run(self.checked(io.get_array(r, self.in_name))))]))
+
+    def checked(self, batch: np.ndarray) -> np.ndarray:
+        """Against the checkpoint: RGB images with sides a multiple of the VAE's factor, or its latent channels."""
+        if self.encode:
+            check_image_array(self.in_name, batch, self.factor, batched=True)
+        else:
+            check_latents(self.in_name, batch, self.vae.config.latent_channels, self.factor)
+        return batch

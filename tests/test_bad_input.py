@@ -104,6 +104,155 @@ def test_denoise_checks_its_own_inputs(grpc_client):
     assert any("prompt_embeds: needs one row per seed (1), got 2" in m for m in messages), messages
 
 
+# --- every externally reachable model: a table of bad requests, each answered INVALID_ARG naming the field -----------
+
+def b(*values) -> tuple[str, np.ndarray]:
+    return "BYTES", np.array(values, dtype=np.object_)
+
+
+def f32(array) -> tuple[str, np.ndarray]:
+    return "FP32", np.asarray(array, np.float32)
+
+
+def i32(*values) -> tuple[str, np.ndarray]:
+    return "INT32", np.array(values, np.int32)
+
+
+def i64(*values) -> tuple[str, np.ndarray]:
+    return "INT64", np.array(values, np.int64)
+
+
+def u8(shape) -> tuple[str, np.ndarray]:
+    return "UINT8", np.zeros(shape, np.uint8)
+
+
+def png(size=64) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (128, 128, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+KEYPOINTS = np.array([[[30, 40], [80, 40], [56, 60], [35, 85], [75, 85]]], np.float32)
+MASK = np.zeros((1, 77), bool)
+MASK[0, 3:5] = True
+NAN = float("nan")
+
+# model -> (a good request, its outputs): sent after every bad one
+GOOD_REQUESTS = {
+    "stage1": (GOOD, OUT),
+    "text_encoder": ({"prompt": ("BYTES", np.array([[b"a portrait"]], dtype=np.object_))}, ["prompt_embeds"]),
+    "vae_decoder": ({"latents": f32(np.zeros((1, 4, 8, 8)))}, ["image"]),
+    "vae_encoder": ({"image": u8((1, 64, 64, 3))}, ["latents"]),
+    "face_detector": ({"image": u8((64, 64, 3))}, ["boxes"]),
+    "face_embedder": ({"image": u8((112, 112, 3)), "keypoints": ("FP32", KEYPOINTS)}, ["embeddings"]),
+    "id_encoder": ({"id_images": b(png()), "id_embeds": f32(np.zeros((1, 512))),
+                    "prompt_embeds": f32(np.zeros((1, 77, 96))), "class_tokens_mask": ("BOOL", MASK)},
+                   ["id_prompt_embeds"]),
+    "face_detailer": ({"image": b(png()), "prompt": b(b"a face"), "work_size": i32(64), "steps": i32(2)},
+                      ["image", "faces_found"]),
+}
+
+
+def replace(model: str, **fields) -> dict:
+    """The model's good request with `fields` replaced (None: left out)."""
+    arrays = {**GOOD_REQUESTS[model][0], **fields}
+    return {k: v for k, v in arrays.items() if v is not None}
+
+
+TEXT = "text_encoder"
+TABLE = [
+    # (model, request, field named, text the message must contain)
+    ("stage1", replace("stage1", seed=i64(2**63 - 1), batch_size=i32(2)), "seed", "image i uses seed + i"),
+    ("stage1", replace("stage1", guidance_cutoff=f32([NAN])), "guidance_cutoff", "finite"),
+    (TEXT, {"prompt": ("BYTES", np.array([[b"a" * 5000]], dtype=np.object_))}, "prompt", "at most 1000 characters"),
+    (TEXT, {"prompt": ("BYTES", np.array([[b"\xff\xfe"]], dtype=np.object_))}, "prompt", "UTF-8"),
+    (TEXT, {"prompt": ("BYTES", np.array([[b"a\x01b"]], dtype=np.object_))}, "prompt", "control characters"),
+    (TEXT, {"prompt": ("BYTES", np.array([[b"a woman img"]], dtype=np.object_)), "num_id_images": ("INT32", np.array([[0]], np.int32))},
+     "num_id_images", "[1, 4]"),
+    (TEXT, {"prompt": ("BYTES", np.array([[b"a woman img"]], dtype=np.object_)), "num_id_images": ("INT32", np.array([[5]], np.int32))},
+     "num_id_images", "[1, 4]"),
+    ("vae_decoder", {"latents": f32(np.zeros((1, 3, 8, 8)))}, "latents", "shape [N, 4, N, N]"),
+    ("vae_decoder", {"latents": f32(np.zeros((1, 4, 0, 0)))}, "latents", "latent height and width"),
+    ("vae_decoder", {"latents": f32(np.full((1, 4, 8, 8), NAN))}, "latents", "finite"),
+    ("vae_decoder", {"latents": f32(np.zeros((1, 4, 300, 8)))}, "latents", "[8, 256]"),
+    ("vae_encoder", {"image": u8((1, 100, 100, 3))}, "image", "multiples of 8"),
+    ("vae_encoder", {"image": u8((1, 4, 4, 3))}, "image", "at least 8x8"),
+    ("vae_encoder", {"image": u8((1, 64, 64, 4))}, "image", "image"),
+    ("face_detector", {"image": u8((0, 0, 3))}, "image", "at least 1x1"),
+    ("face_detector", replace("face_detector", max_faces=i32(0)), "max_faces", "[1, 8]"),
+    ("face_detector", replace("face_detector", max_faces=i32(9)), "max_faces", "[1, 8]"),
+    ("face_detector", replace("face_detector", max_faces=i32(1, 2)), "max_faces", "shape"),
+    ("face_embedder", replace("face_embedder", keypoints=f32(np.full((1, 5, 2), NAN))), "keypoints", "finite"),
+    ("face_embedder", replace("face_embedder", keypoints=f32(KEYPOINTS + 500)), "keypoints", "inside"),
+    ("face_embedder", replace("face_embedder", keypoints=f32(np.zeros((0, 5, 2)))), "keypoints", "1 to 8 faces"),
+    ("face_embedder", replace("face_embedder", keypoints=f32(np.repeat(KEYPOINTS, 9, 0))), "keypoints", "1 to 8 faces"),
+    ("face_embedder", replace("face_embedder", image=u8((0, 0, 3))), "image", "at least 1x1"),
+    ("id_encoder", replace("id_encoder", id_embeds=f32(np.full((1, 512), NAN))), "id_embeds", "finite"),
+    ("id_encoder", replace("id_encoder", id_embeds=f32(np.zeros((1, 100)))), "id_embeds", "[1, 512]"),
+    ("id_encoder", replace("id_encoder", prompt_embeds=f32(np.zeros((1, 77, 50)))), "prompt_embeds", "width 96"),
+    ("id_encoder", replace("id_encoder", prompt_embeds=f32(np.full((1, 77, 96), NAN))), "prompt_embeds", "finite"),
+    ("id_encoder", replace("id_encoder", class_tokens_mask=("BOOL", np.zeros((1, 77), bool))), "class_tokens_mask",
+     "must mark 2 x 1"),
+    ("id_encoder", replace("id_encoder", id_images=b(b"not an image")), "id_images", "not a readable image"),
+    ("id_encoder", replace("id_encoder", id_images=b(*[png()] * 5), id_embeds=f32(np.zeros((5, 512)))), "id_images",
+     "at most 4"),
+    ("face_detailer", replace("face_detailer", image=None), "image", "image"),
+    ("face_detailer", replace("face_detailer", image=b(b"")), "image", "is empty"),
+    ("face_detailer", replace("face_detailer", image=b(b"no image")), "image", "not a readable image"),
+    ("face_detailer", replace("face_detailer", seed=i64(2**63 - 1)), "seed", "seed + max_faces - 1"),
+    ("face_detailer", replace("face_detailer", strength=f32([0])), "strength", "runs no step"),
+    ("face_detailer", replace("face_detailer", max_faces=i32(9)), "max_faces", "[1, 8]"),
+    ("face_detailer", replace("face_detailer", margin=f32([3])), "margin", "[0, 2]"),
+    ("face_detailer", replace("face_detailer", work_size=i32(100)), "work_size", "multiple of 8"),
+    ("face_detailer", replace("face_detailer", style_strength=f32([101])), "style_strength", "[0, 100]"),
+    ("face_detailer", replace("face_detailer", id_images=b(png())), "prompt", "trigger word"),
+    ("face_detailer", replace("face_detailer", id_images=b()), "id_images", "is empty"),
+    ("face_detailer", replace("face_detailer", prompt=b(b"")), "prompt", "must not be empty"),
+]
+TABLE_IDS = [f"{m}-{f}-{i}" for i, (m, _, f, _) in enumerate(TABLE)]
+
+
+def served_after(client, model: str) -> None:
+    arrays, outputs = GOOD_REQUESTS[model]
+    out = client.infer(model, arrays, outputs)
+    assert all(out[n] is not None for n in outputs)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("model,request_arrays,field,text", TABLE, ids=TABLE_IDS)
+def test_bad_input_table(grpc_client, http_client, protocol, model, request_arrays, field, text):
+    client = grpc_client if protocol == "grpc" else http_client
+    with pytest.raises(InvalidInput) as caught:
+        client.infer(model, request_arrays, GOOD_REQUESTS[model][1])
+    assert caught.value.field == field and text in str(caught.value), str(caught.value)
+    served_after(client, model)
+
+
+PORTRAIT_BAD = [
+    ({"steps": i32(0)}, "steps", "[1, 150]"),
+    ({"width": i32(100)}, "width", "multiple of 8"),
+    ({"seed": i64(2**63 - 1)}, "seed", "seed + max_faces - 1"),
+    ({"detail": ("BOOL", np.array([False])), "id_images": b(png())}, "id_images", "need stage 2"),
+    ({"guidance_scale": f32([NAN])}, "guidance_scale", "finite"),
+]
+
+
+@pytest.mark.parametrize("fields,field,text", PORTRAIT_BAD, ids=[c[1] for c in PORTRAIT_BAD])
+def test_bad_input_portrait_stream(grpc_client, fields, field, text):
+    """The decoupled `portrait` model (gRPC streaming): the stream ends with INVALID_ARG naming the field."""
+    arrays = {"prompt": b(b"a portrait"), "width": i32(64), "height": i32(64), "steps": i32(2), **fields}
+    with pytest.raises(InvalidInput) as caught:
+        list(grpc_client.stream("portrait", arrays, ["image"]))
+    assert caught.value.field == field and text in str(caught.value), str(caught.value)
+    good = {"prompt": b(b"a portrait"), "width": i32(64), "height": i32(64), "steps": i32(2),
+            "detail": ("BOOL", np.array([False]))}
+    assert any("image" in out for out in grpc_client.stream("portrait", good, ["image"]))
+
+
 def test_client_validates_before_sending():
     with pytest.raises(InvalidInput, match="width"):
         Stage1Params(prompt="x", width=100)

@@ -54,12 +54,12 @@ def test_generate_starts_an_embedded_server_when_none_answers(models_dir, tmp_pa
 
 
 def test_serve_prints_endpoints_and_stops_cleanly_on_sigint(models_dir):
-    ports = {f"PORTRAIT_{k}_PORT": str(free_port()) for k in ("HTTP", "GRPC", "METRICS")}
+    ports = {f"PORTRAIT_{k}_PORT": str(free_port()) for k in ("HTTP", "GRPC", "METRICS", "HEALTH")}
     proc = subprocess.Popen(PORTRAIT + ["serve"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **ports})
     try:
         first = proc.stdout.readline()
-        assert f"gRPC localhost:{ports['PORTRAIT_GRPC_PORT']}" in first, first
+        assert f"gRPC 127.0.0.1:{ports['PORTRAIT_GRPC_PORT']}" in first, first
         from clients import connect
 
         assert connect(f"localhost:{ports['PORTRAIT_GRPC_PORT']}").is_ready()

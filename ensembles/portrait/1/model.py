@@ -9,7 +9,7 @@ import uuid  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from portrait import triton_io as io  # noqa: E402
+from portrait import metrics, triton_io as io  # noqa: E402
 from portrait.cancel import request_cancel  # noqa: E402
 from portrait.checkpoint import read_sdxl_info  # noqa: E402
 from portrait.errors import Cancelled, InvalidInput  # noqa: E402
@@ -25,6 +25,7 @@ STAGE2 = ("prompt", "negative_prompt", "steps", "guidance_scale", "guidance_cuto
 
 class TritonPythonModel:
     def initialize(self, args):
+        io.setup(args)
         self.info = read_sdxl_info(get_settings().sdxl_dir)
         self.slots = threading.BoundedSemaphore(int(io.model_parameters(args).get("max_concurrent_requests", "8")))
         self.in_flight = 0
@@ -36,25 +37,26 @@ class TritonPythonModel:
         for request in requests:
             with self.lock:
                 self.in_flight += 1
-            threading.Thread(target=self.run_in_slot, args=(request,), daemon=True).start()
+            threading.Thread(target=self.run_in_slot, args=(request, io.Tracked()), daemon=True).start()
 
     def finalize(self):
         deadline = time.monotonic() + 10
         while self.in_flight and time.monotonic() < deadline:
             time.sleep(0.1)
 
-    def run_in_slot(self, request):
+    def run_in_slot(self, request, tracked: io.Tracked):
         try:
             with self.slots:
-                self.run(request)
+                self.run(request, tracked)
         finally:
             with self.lock:
                 self.in_flight -= 1
 
-    def run(self, request):
+    def run(self, request, tracked: io.Tracked):
+        """Every stream ends with one final response: the result, or the error (counted and logged there)."""
         sender = request.get_response_sender()
         job = uuid.uuid4().hex
-        backend = io.BlsBackend(job_id=job)
+        backend = io.BlsBackend(job_id=job, trace=request.trace())
 
         def reporter(stage: str):
             def report(step: int, total: int) -> None:
@@ -67,6 +69,7 @@ class TritonPythonModel:
             return report
 
         try:
+            io.refuse_if_draining(request)
             values = {k: io.get_scalar(request, k) for k in set(STAGE1) | set(STAGE2) | {"detail"}}
             if values["seed"] is None:
                 values["seed"] = secrets.randbelow(2**31)
@@ -79,6 +82,7 @@ class TritonPythonModel:
             if photos is not None:  # checked before any diffusion: a bad identity photo fails at once
                 if detail_params is None:
                     raise InvalidInput("id_images", "need stage 2 (detail must be true): identity is injected there")
+                metrics.identity_request(io.model_name())
                 identity = prepare_identity(backend, [bytes(p) for p in photos.reshape(-1)], detail_params.prompt)
                 base_params = dataclasses.replace(base_params, prompt=identity.text_only_prompt)  # stage 1: no trigger
             images, truncated = generate_base(backend, base_params, self.info.force_zeros_for_empty_prompt, reporter("base"))
@@ -87,6 +91,7 @@ class TritonPythonModel:
                 result = detail_faces(backend, base, detail_params, self.info.force_zeros_for_empty_prompt, reporter("detail"),
                                       identity)
                 final, mask, boxes = result.image, result.mask, result.boxes
+                metrics.faces_detailed(io.model_name(), len(boxes))
             else:
                 final, mask, boxes = base, np.zeros(base.shape[:2], np.uint8), np.zeros((0, 4), np.float32)
             sender.send(pb.InferenceResponse([
@@ -94,8 +99,9 @@ class TritonPythonModel:
                 io.tensor("boxes", boxes), io.tensor("seed", np.array([base_params.seed], np.int64)),
                 io.tensor("truncated_tokens", np.array([truncated], np.int32))]),
                 flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            tracked.succeeded()
         except Exception as error:
             try:
-                sender.send(io.error_response(error), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                sender.send(tracked.failed(error), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             except Exception:  # a cancelled request may refuse responses; there is nobody left to tell
                 pass

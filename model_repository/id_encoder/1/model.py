@@ -6,12 +6,13 @@ import torch  # noqa: E402
 from portrait import triton_io as io  # noqa: E402
 from portrait.errors import InvalidInput, ModelSetError  # noqa: E402
 from portrait.identity import IdEncoderConfig, clip_pixels, load_id_encoder, read_photomaker_file  # noqa: E402
-from portrait.params import MAX_ID_IMAGES, check_id_images, decode_image  # noqa: E402
+from portrait.params import MAX_ID_IMAGES, check_finite, check_id_images, check_shape, decode_image  # noqa: E402
 from portrait.torch_models import torch_setup  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        io.setup(args)
         settings = torch_setup()
         self.device, self.encoder, self.path = settings.device, None, settings.photomaker_file
         if self.path is None:  # the server still serves everything but identity; requests say why
@@ -41,6 +42,9 @@ class TritonPythonModel:
             raise InvalidInput("class_tokens_mask", f"must mark {self.config.num_tokens} x {n} positions, got {int(mask.sum())}")
         if prompt_embeds.shape[-1] != self.config.cross_attention_dim:
             raise InvalidInput("prompt_embeds", f"must have width {self.config.cross_attention_dim}, got {prompt_embeds.shape[-1]}")
+        check_shape("prompt_embeds", prompt_embeds, (1, 77, self.config.cross_attention_dim))
+        check_finite("id_embeds", embeds)
+        check_finite("prompt_embeds", prompt_embeds)
         images = [decode_image(bytes(p), "id_images") for p in photos]
         pixels = clip_pixels(images, self.config.image_size).to(self.device, self.dtype)
         fused = self.encoder(pixels, torch.from_numpy(prompt_embeds.copy()).to(self.device, self.dtype),

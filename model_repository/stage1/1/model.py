@@ -16,6 +16,7 @@ FIELDS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_sca
 
 class TritonPythonModel:
     def initialize(self, args):
+        io.setup(args)
         self.info = read_sdxl_info(get_settings().sdxl_dir)
         self.defaults = dict(width=self.info.default_size, height=self.info.default_size)
         self.backend = io.BlsBackend()
@@ -28,7 +29,7 @@ class TritonPythonModel:
         if values["seed"] is None:
             values["seed"] = secrets.randbelow(2**31)  # reported back in `seeds`
         params = Stage1Params.from_mapping(values, self.defaults)
-        images, truncated = generate_base(self.backend, params, self.info.force_zeros_for_empty_prompt)
+        images, truncated = generate_base(self.backend.traced(request.trace()), params, self.info.force_zeros_for_empty_prompt)
         return io.pb_utils.InferenceResponse([
             io.tensor("images", images),
             io.tensor("seeds", np.array(params.seeds, np.int64)),

@@ -6,13 +6,14 @@ import numpy as np  # noqa: E402
 from portrait import triton_io as io  # noqa: E402
 from portrait.errors import InvalidInput  # noqa: E402
 from portrait.identity import IdEncoderConfig  # noqa: E402
-from portrait.params import MAX_ID_IMAGES, TRIGGER_WORD, check_int_range  # noqa: E402
+from portrait.params import MAX_ID_IMAGES, TRIGGER_WORD, check_int_range, check_prompt  # noqa: E402
 from portrait.sdxl import TextEncoders  # noqa: E402
 from portrait.torch_models import torch_setup  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        io.setup(args)
         settings = torch_setup()
         self.text = TextEncoders(settings.sdxl_dir, settings.device)
         self.text(["warm-up"])  # a real forward: a broken checkpoint fails the load, not the first request
@@ -20,11 +21,28 @@ class TritonPythonModel:
 
     def execute(self, requests):
         # one encoder batch for the plain prompts the dynamic batcher gathered; identity prompts one by one
-        plain = [i for i, r in enumerate(requests) if io.get_array(r, "num_id_images") is None]
-        responses = [None] * len(requests)
-        prompts = [self.prompts(requests[i]) for i in plain]
+        tracked = io.Tracked(len(requests))
+        responses: list = [None] * len(requests)
+        plain, prompts = [], []
+        for i, request in enumerate(requests):
+            try:
+                io.refuse_if_draining(request)
+                group = self.prompts(request)
+                if io.get_array(request, "num_id_images") is None:
+                    plain.append(i)
+                    prompts.append(group)
+                else:
+                    responses[i] = self.with_trigger(request, group)
+                    tracked.succeeded()
+            except Exception as error:
+                responses[i] = tracked.failed(error)
         if prompts:
-            enc = self.text([p for group in prompts for p in group])
+            try:
+                enc = self.text([p for group in prompts for p in group])
+            except Exception as error:
+                for i in plain:
+                    responses[i] = tracked.failed(error)
+                return responses
             start = 0
             for i, group in zip(plain, prompts):
                 n, rows = len(group), slice(start, start + len(group))
@@ -35,20 +53,24 @@ class TritonPythonModel:
                     io.tensor("token_count", enc.token_counts[rows].numpy().astype(np.int32).reshape(n, 1)),
                     io.tensor("class_tokens_mask", np.zeros((n, enc.embeds.shape[1]), bool)),
                 ])
-        for i, request in enumerate(requests):
-            if responses[i] is None:
-                try:
-                    responses[i] = self.with_trigger(request)
-                except Exception as error:
-                    responses[i] = io.error_response(error)
+                tracked.succeeded()
         return responses
 
     @staticmethod
     def prompts(request) -> list[str]:
-        return [p.decode("utf-8", "replace") for p in io.get_array(request, "prompt").reshape(-1)]
+        """The request's prompts, each checked as stage1 checks its prompt (an empty one is the empty negative)."""
+        texts = []
+        for raw in io.get_array(request, "prompt").reshape(-1):
+            try:
+                text = bytes(raw).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput("prompt", "must be UTF-8 text") from None
+            check_prompt("prompt", text, required=False)
+            texts.append(text)
+        return texts
 
-    def with_trigger(self, request):
-        prompts, counts = self.prompts(request), io.get_array(request, "num_id_images").reshape(-1)
+    def with_trigger(self, request, prompts: list[str]):
+        counts = io.get_array(request, "num_id_images").reshape(-1)
         if len(prompts) != 1:
             raise InvalidInput("num_id_images", f"goes with one prompt per request, got {len(prompts)}")
         count = int(counts[0])
