@@ -10,22 +10,49 @@ import torch
 from portrait.checkpoint import check_sdxl_dir, torch_dtype_name
 from portrait.conditioning import TextEncoding, TriggerEncoding, encode_prompts, encode_with_trigger, trigger_tokenizer
 from portrait.denoise import UNetCall
+from portrait.errors import ModelSetError
 
 
 def torch_dtype(device: str) -> torch.dtype:
     return getattr(torch, torch_dtype_name(device))
 
 
-def load_unet(sdxl_dir: Path, device: str = "cpu", photomaker_file: Path | None = None):
-    """The SDXL UNet; with a PhotoMaker file its LoRA is fused in (the same UNet then serves both stages)."""
+UNET_STORAGE_DTYPES = ("float16", "bfloat16")
+
+
+def upcast_uncast_layers(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """The layers diffusers' layerwise casting leaves alone (it casts convolutions, linear and embedding layers only:
+    the norms), stored in `dtype`: they are a few MB, and a GroupNorm refuses fp16 weights on an fp32 input."""
+    from diffusers.hooks import HookRegistry
+
+    for module in model.modules():
+        owns = any(True for _ in module.parameters(recurse=False))
+        registry = getattr(module, "_diffusers_hook", None)
+        if owns and (not isinstance(registry, HookRegistry) or registry.get_hook("layerwise_casting") is None):
+            module.to(dtype)
+    return model
+
+
+def load_unet(sdxl_dir: Path, device: str = "cpu", photomaker_file: Path | None = None, storage: str | None = None):
+    """The SDXL UNet; with a PhotoMaker file its LoRA is fused in (the same UNet then serves both stages).
+    `storage` (PORTRAIT_UNET_STORAGE): weights kept in that dtype and upcast layer by layer to the device's compute
+    dtype (diffusers' layerwise casting): on CPU half the memory of fp32 (the load never holds the fp32 copy),
+    the LoRA then fused in that dtype."""
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_pretrained(check_sdxl_dir(sdxl_dir), subfolder="unet", torch_dtype=torch.float32)
+    if storage is not None and storage not in UNET_STORAGE_DTYPES:
+        raise ModelSetError(f"PORTRAIT_UNET_STORAGE must be one of {', '.join(UNET_STORAGE_DTYPES)}, got {storage!r}")
+    load_dtype = torch.float32 if storage is None else getattr(torch, storage)
+    unet = UNet2DConditionModel.from_pretrained(check_sdxl_dir(sdxl_dir), subfolder="unet", torch_dtype=load_dtype)
     if photomaker_file is not None:
         from portrait.identity import fuse_photomaker_lora, read_photomaker_file
 
-        fuse_photomaker_lora(unet, read_photomaker_file(photomaker_file)["lora_weights"])  # fused in fp32
+        fuse_photomaker_lora(unet, read_photomaker_file(photomaker_file)["lora_weights"])  # fused in load_dtype
     unet = unet.to(device)
+    if storage is not None:
+        # every layer, norms included: they were loaded in `storage` too (diffusers' default skips them, fp16 then)
+        unet.enable_layerwise_casting(storage_dtype=load_dtype, compute_dtype=torch_dtype(device), skip_modules_pattern=())
+        return upcast_uncast_layers(unet, torch_dtype(device)).eval()
     return (unet if torch_dtype(device) == torch.float32 else unet.to(torch_dtype(device))).eval()
 
 

@@ -159,7 +159,7 @@ def load_predictor(settings, backend: str | None = None):
 
     backend = backend or settings.unet_backend
     if backend == "torch":
-        return TorchPredictor(load_unet(settings.sdxl_dir, settings.device, settings.photomaker_file))
+        return TorchPredictor(load_unet(settings.sdxl_dir, settings.device, settings.photomaker_file, settings.unet_storage))
     if backend == "tensorrt":
         if not settings.device.startswith("cuda"):
             raise ModelSetError("PORTRAIT_UNET_BACKEND=tensorrt needs PORTRAIT_DEVICE=cuda")

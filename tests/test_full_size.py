@@ -130,3 +130,39 @@ def test_written_set_loads_through_the_project_loaders(tmp_path):
     encoder = load_id_encoder(state["id_encoder"], IdEncoderConfig.read(photomaker))
     assert next(encoder.parameters()).dtype == torch.float32
 
+
+
+def test_unet_storage_halves_the_weights_and_keeps_the_prediction(sdxl_dir, photomaker_file):
+    """PORTRAIT_UNET_STORAGE=float16: the weights stay fp16 (loaded, LoRA fused, kept), computed in fp32; equal to
+    diffusers' own fp16 load + fuse + layerwise casting, and within fp16 rounding of the fp32 UNet."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from portrait.denoise import UNetCall
+    from portrait.errors import ModelSetError
+    from portrait.sdxl import load_unet, predict_noise
+
+    full = load_unet(sdxl_dir, photomaker_file=photomaker_file)
+    half = load_unet(sdxl_dir, photomaker_file=photomaker_file, storage="float16")
+    big = [p for p in half.parameters() if p.ndim >= 2]
+    assert {p.dtype for p in big} == {torch.float16} and half.dtype == torch.float32
+    assert {p.dtype for m in half.modules() if isinstance(m, torch.nn.GroupNorm) for p in m.parameters()} == {torch.float32}
+    c = full.config
+    g = torch.Generator().manual_seed(0)
+    call = UNetCall(torch.randn(2, 4, 16, 16, generator=g), torch.tensor([999.0, 500.0]),
+                    torch.randn(2, 77, c.cross_attention_dim, generator=g),
+                    torch.randn(2, c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim, generator=g),
+                    torch.tensor([[256.0, 256, 0, 0, 256, 256]] * 2), 0, 1)
+    out = predict_noise(half, call)
+    assert out.dtype == torch.float32 and 0 < (out - predict_noise(full, call)).abs().max() < 2e-2
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_dir, torch_dtype=torch.float32)
+    pipe.unet = pipe.unet.to(torch.float16)
+    pipe.load_lora_weights(read_photomaker_file(photomaker_file)["lora_weights"], adapter_name="photomaker")
+    pipe.fuse_lora()
+    pipe.unet.enable_layerwise_casting(storage_dtype=torch.float16, compute_dtype=torch.float32, skip_modules_pattern=())
+    for module in pipe.unet.modules():  # diffusers casts convolutions, linear and embedding layers, not the norms
+        if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            module.float()
+    assert torch.equal(predict_noise(pipe.unet, call), out)
+    with pytest.raises(ModelSetError, match="PORTRAIT_UNET_STORAGE"):
+        load_unet(sdxl_dir, storage="int8")
