@@ -131,6 +131,15 @@ def test_the_comparison_catches_the_old_rescaled_rule(setup):
     assert pixel_diff(ref, old, published) > TOLERANCE
 
 
+def guided_eps(ref, cond, scheduler, latents, t):
+    """diffusers' CFG noise prediction for one step (negative and positive rows in one UNet call)."""
+    x_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+    eps = ref.unet(x_in, t, encoder_hidden_states=torch.cat([cond.negative_embeds, cond.embeds]),
+                   added_cond_kwargs={"text_embeds": torch.cat([cond.negative_pooled, cond.pooled]),
+                                      "time_ids": torch.cat([cond.time_ids, cond.time_ids])}).sample
+    return combine_guidance(eps, SCALE)
+
+
 def test_all_one_change_is_plain_img2img(setup):
     ref, cond, original, noise, _ = setup
     ours = run_ours(ref, cond, original, noise, torch.ones(1, 1, SIZE, SIZE))
@@ -139,11 +148,7 @@ def test_all_one_change_is_plain_img2img(setup):
     scheduler.set_begin_index(begin)
     latents = scheduler.add_noise(original, noise, scheduler.timesteps[begin:begin + 1])  # diffusers' img2img start
     for t in scheduler.timesteps[begin:]:
-        x_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        eps = ref.unet(x_in, t, encoder_hidden_states=torch.cat([cond.negative_embeds, cond.embeds]),
-                       added_cond_kwargs={"text_embeds": torch.cat([cond.negative_pooled, cond.pooled]),
-                                          "time_ids": torch.cat([cond.time_ids, cond.time_ids])}).sample
-        latents = scheduler.step(combine_guidance(eps, SCALE), t, latents).prev_sample
+        latents = scheduler.step(guided_eps(ref, cond, scheduler, latents, t), t, latents).prev_sample
     assert torch.allclose(ours, latents, atol=1e-4), (ours - latents).abs().max()
 
 
@@ -155,9 +160,5 @@ def test_all_zero_change_is_held_until_the_last_step(setup):
     scheduler.set_begin_index(STEPS - 1)  # only the last step's denoising survives
     t = scheduler.timesteps[-1]
     latents = original + scheduler.sigmas[-2] * noise
-    x_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-    eps = ref.unet(x_in, t, encoder_hidden_states=torch.cat([cond.negative_embeds, cond.embeds]),
-                   added_cond_kwargs={"text_embeds": torch.cat([cond.negative_pooled, cond.pooled]),
-                                      "time_ids": torch.cat([cond.time_ids, cond.time_ids])}).sample
-    last = scheduler.step(combine_guidance(eps, SCALE), t, latents).prev_sample
+    last = scheduler.step(guided_eps(ref, cond, scheduler, latents, t), t, latents).prev_sample
     assert torch.allclose(out, last, atol=1e-4), (out - last).abs().max()
