@@ -16,7 +16,8 @@ demo: $(STAMP) $(WEIGHTS)
 	$(VENV)/bin/portrait detail --image out/demo/face.png --face out/demo/face.png \
 		--prompt "portrait photo of a woman img, detailed skin" --seed 42 --out out/demo/face_detailed.png
 
-test: $(STAMP) $(WEIGHTS) .venv-deploy/.installed  # tests/test_infra.py needs the deploy tools (make deploy-tools)
+test: $(STAMP) $(WEIGHTS) .venv-deploy/.installed  # tests/unit/test_infra.py needs the deploy tools (make deploy-tools)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 install: $(STAMP)
@@ -46,7 +47,7 @@ serve: $(STAMP) $(WEIGHTS)
 SOAK ?= 300
 .PHONY: soak
 soak: $(STAMP) $(WEIGHTS)
-	PORTRAIT_SOAK=$(SOAK) $(PY) -m pytest -q -s -m soak tests/test_faults.py
+	PORTRAIT_SOAK=$(SOAK) $(PY) -m pytest -q -s -m soak tests/integration/test_faults.py
 
 ui: $(STAMP) $(WEIGHTS)
 	$(VENV)/bin/portrait ui
@@ -110,5 +111,5 @@ stack-down:
 # everything infra/ can check on this machine: manifests, rules, then the image live (podman, Prometheus, SIGTERM)
 deploy-check: image
 	infra/check-manifests.sh
-	$(PY) -m pytest -q tests/test_infra.py tests/test_infra_tracing.py
+	$(PY) -m pytest -q tests/unit/test_infra.py tests/integration/test_infra_tracing.py
 	$(PY) infra/deploy_check.py --image $(IMAGE)

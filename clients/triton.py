@@ -5,13 +5,14 @@ from __future__ import annotations
 import queue
 import re
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 
+from portrait.diffusion.trigger import text_only_prompt
 from portrait.errors import Cancelled, InvalidInput, PortraitError, ServerError, Unavailable
-from portrait.params import DetailParams, Stage1Params, check_id_images, text_only_prompt
+from portrait.params import DetailParams, Stage1Params, check_id_images
 
 # Triton datatype of each stage1 field (the config.pbtxt is the contract; this mirrors it)
 STAGE1_TYPES = {
@@ -57,7 +58,7 @@ class Stage1Output:
     truncated_tokens: int
 
 
-UNAVAILABLE_PREFIX = "service unavailable"  # the models' Unavailable form (portrait/triton_io.py)
+UNAVAILABLE_PREFIX = "service unavailable"  # the models' Unavailable form (portrait/serving/triton_io.py)
 
 
 def translate_error(error: Exception) -> PortraitError:

@@ -7,9 +7,9 @@ so a value the UI accepts is a value the server accepts.
 from __future__ import annotations
 
 import math
-import re
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from portrait.errors import InvalidInput
 
@@ -20,6 +20,7 @@ STEPS_MIN, STEPS_MAX = 1, 150
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 BATCH_MIN, BATCH_MAX = 1, 8
 SEED_MAX = 2**63 - 1
+MAX_IMAGE_PIXELS = 4096 * 4096  # larger images and uploads are rejected (uploads before decoding)
 
 
 @dataclass(frozen=True)
@@ -186,21 +187,14 @@ class DenoiseParams:
         check_strength(self.steps, self.strength)
 
 
-MAX_IMAGE_PIXELS = 4096 * 4096  # larger uploads are rejected before decoding
 MAX_FACES_LIMIT = 8  # the VAE models batch up to 8 crops; the UNet 16 rows (CFG)
 MARGIN_MIN, MARGIN_MAX = 0.0, 2.0
 
 # identity (PhotoMaker V2)
-TRIGGER_WORD = "img"  # follows the class word: "a photo of a woman img, ..."
 MAX_ID_IMAGES = 4  # identity photos per request (PhotoMaker's demo takes up to 4 or so; each adds 2 prompt tokens)
 STYLE_STRENGTH_MIN, STYLE_STRENGTH_MAX = 0.0, 100.0
-MERGE_STEP_CAP = 30  # PhotoMaker's demo caps start_merge_step at 30
 
 
-def start_merge_step(style_strength: float, steps_run: int) -> int:
-    """PhotoMaker's demo: int(style_strength_ratio / 100 x steps), at most 30. Steps i <= start_merge_step use the
-    text-only embeddings and later ones the identity-fused ones, so a higher style strength gives less identity."""
-    return min(int(style_strength / 100 * steps_run), MERGE_STEP_CAP)
 
 
 def check_id_images(count: int, limit: int = MAX_ID_IMAGES) -> None:
@@ -208,19 +202,6 @@ def check_id_images(count: int, limit: int = MAX_ID_IMAGES) -> None:
         raise InvalidInput("id_images", f"at most {limit} identity photos, got {count}")
 
 
-def text_only_prompt(prompt: str, trigger: str = TRIGGER_WORD) -> str:
-    """The prompt without its trigger word (PhotoMaker's delayed-conditioning prompt); checks the trigger is there
-    once, as a word of its own, after a class word."""
-    found = list(re.finditer(rf"(?<![\w]){re.escape(trigger)}(?![\w])", prompt))
-    if not found:
-        raise InvalidInput("prompt", f"needs the trigger word '{trigger}' right after the class word when identity "
-                                     f"photos are given, e.g. 'portrait of a woman {trigger}, ...'")
-    if len(found) > 1:
-        raise InvalidInput("prompt", f"must contain the trigger word '{trigger}' once, found it {len(found)} times")
-    match = found[0]
-    if not re.search(r"\w", prompt[:match.start()]):
-        raise InvalidInput("prompt", f"the trigger word '{trigger}' must follow a class word, as in 'a woman {trigger}'")
-    return prompt[:match.start()].rstrip() + prompt[match.end():]
 
 
 @dataclass(frozen=True)
@@ -241,30 +222,3 @@ class DetailParams(SamplingParams):
         check_float_range("margin", self.margin, MARGIN_MIN, MARGIN_MAX)
         check_size("work_size", self.work_size)
         check_seed_offsets(self.seed, self.max_faces, "max_faces")
-
-
-def decode_image(data: bytes, field: str = "image") -> "np.ndarray":
-    """Encoded image bytes (PNG, JPEG, WebP ...) -> RGB uint8 [H, W, 3], upright as displayed. Gray and RGBA are
-    converted (alpha dropped). The one decoder of a user's image: server inputs, identity photos, UI uploads, sweeps.
-
-    Phones store JPEG pixels sideways with an EXIF Orientation tag (6 or 8) that every viewer applies; so do we
-    (PIL.ImageOps.exif_transpose, as diffusers' load_image does), or faces would be searched for on their side."""
-    import io
-
-    import numpy as np
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if not data:
-        raise InvalidInput(field, "is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            if w == 0 or h == 0:
-                raise InvalidInput(field, f"has no pixels ({w}x{h})")
-            if w * h > MAX_IMAGE_PIXELS:
-                raise InvalidInput(field, f"must have at most {MAX_IMAGE_PIXELS} pixels (4096x4096), got {w}x{h}")
-            return np.array(ImageOps.exif_transpose(img).convert("RGB"))
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
-        if isinstance(error, InvalidInput):
-            raise
-        raise InvalidInput(field, f"is not a readable image ({type(error).__name__})") from None

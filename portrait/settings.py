@@ -31,7 +31,7 @@ class Settings:
     api_key: str | None = None  # PORTRAIT_API_KEY: X-Portrait-Key of the restricted APIs (None: random per start)
     cache_dir: Path = PROJECT_ROOT / ".cache"  # PORTRAIT_CACHE_DIR: every path the server writes
     bls_timeout: float = 300.0  # PORTRAIT_BLS_TIMEOUT: seconds a model waits for one answer of a model it calls
-    # the denoise step scheduler (portrait/scheduler.py, model_repository/denoise)
+    # the denoise step scheduler (portrait/serving/step_scheduler.py, model_repository/denoise)
     max_rows: int = 16  # PORTRAIT_MAX_ROWS: UNet rows per forward (CFG doubles a request's rows)
     max_active: int = 32  # PORTRAIT_MAX_ACTIVE: requests denoising at once; later ones wait (the backlog)
     unet_backend: str = "torch"  # PORTRAIT_UNET_BACKEND: torch | tensorrt (an engine run in-process, GPU only)
@@ -51,7 +51,7 @@ class Settings:
 
     @property
     def photomaker_file(self) -> Path | None:
-        from portrait.checkpoint import find_photomaker_file
+        from portrait.models.checkpoint import find_photomaker_file
 
         return find_photomaker_file(self.models_dir)
 

@@ -6,8 +6,7 @@ import operator
 import re
 from typing import Annotated, Literal, TypedDict
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
 
 from .safety import find_prompt_syntax
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from clients import connect  # noqa: E402
 from portrait.params import DetailParams  # noqa: E402
-from portrait.server import TritonServer  # noqa: E402
+from portrait.serving.server import TritonServer  # noqa: E402
 from portrait.settings import get_settings  # noqa: E402
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from portrait.models.tiny import build_tiny_model_set  # noqa: E402
 from portrait.settings import get_settings  # noqa: E402
-from portrait.tiny_models import build_tiny_model_set  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--out", type=Path, default=None, help="models directory (default: PORTRAIT_MODELS)")

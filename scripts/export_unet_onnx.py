@@ -10,10 +10,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from portrait.export import SDXL_PROFILES, EngineProfile, build_unet_engine, export_unet_onnx  # noqa: E402
-from portrait.sdxl import load_unet  # noqa: E402
+from portrait.models.export import SDXL_PROFILES, EngineProfile, build_unet_engine, export_unet_onnx  # noqa: E402
+from portrait.models.sdxl import load_unet  # noqa: E402
+from portrait.models.unet_runner import UNetDims  # noqa: E402
 from portrait.settings import get_settings  # noqa: E402
-from portrait.unet_runner import UNetDims  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--out", type=Path, default=Path("out/onnx/unet.onnx"))

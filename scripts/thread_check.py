@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def worker(kind: str, threads: int, seconds: float, start, out) -> None:
     import torch
 
-    from portrait.export import UNetForExport, example_inputs
-    from portrait.sdxl import load_unet, load_vae
+    from portrait.models.export import UNetForExport, example_inputs
+    from portrait.models.sdxl import load_unet, load_vae
     from portrait.settings import get_settings
 
     if threads:

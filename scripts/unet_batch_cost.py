@@ -10,9 +10,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from portrait.checkpoint import read_sdxl_info  # noqa: E402
-from portrait.export import UNetForExport, example_inputs  # noqa: E402
-from portrait.sdxl import load_unet  # noqa: E402
+from portrait.models.checkpoint import read_sdxl_info  # noqa: E402
+from portrait.models.export import UNetForExport, example_inputs  # noqa: E402
+from portrait.models.sdxl import load_unet  # noqa: E402
 from portrait.settings import get_settings  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from portrait.models.tiny import build_tiny_model_set
 from portrait.settings import get_settings
-from portrait.tiny_models import build_tiny_model_set
 
 TOLERANCE = 3  # max absolute pixel difference, in uint8 levels (3/255)
 
@@ -25,7 +25,7 @@ def sdxl_dir(models_dir):
 @pytest.fixture(scope="session")
 def photomaker_file(models_dir):
     """The default set's photomaker-v2.bin: its LoRA is fused into the served UNet, so every reference fuses it too."""
-    from portrait.checkpoint import find_photomaker_file
+    from portrait.models.checkpoint import find_photomaker_file
 
     return find_photomaker_file(models_dir)
 
@@ -33,7 +33,7 @@ def photomaker_file(models_dir):
 @pytest.fixture(scope="session")
 def server(models_dir):
     """The bundled tritonserver on free ports, started once per session and stopped at its end."""
-    from portrait.server import TritonServer
+    from portrait.serving.server import TritonServer
 
     with TritonServer.create(free_ports=True) as running:
         yield running
@@ -60,7 +60,7 @@ def diffusers_pipe(sdxl_dir, photomaker_file):
     """diffusers' SDXL pipeline with PhotoMaker's LoRA loaded and fused the way PhotoMaker's own pipeline does."""
     from diffusers import StableDiffusionXLPipeline
 
-    from portrait.identity import read_photomaker_file
+    from portrait.models.identity import read_photomaker_file
 
     pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_dir)
     if photomaker_file is not None:
@@ -74,8 +74,8 @@ def run_diffusers(pipe, params, output_type: str = "np"):
     """diffusers' SDXL pipeline on the same AYS timesteps, seeds and guidance cutoff as `params`."""
     from diffusers.callbacks import SDXLCFGCutoffCallback
 
-    from portrait.guidance import unguided_step_count
-    from portrait.schedules import ays_timesteps
+    from portrait.diffusion.guidance import unguided_step_count
+    from portrait.diffusion.schedules import ays_timesteps
 
     off = unguided_step_count(params.steps, params.guidance_cutoff) if params.guidance_scale > 1 else 0
     # the callback runs at the end of step k and switches CFG off from step k + 1 on

@@ -19,14 +19,14 @@ def get_client():
 
 @st.cache_resource
 def get_store():
-    from portrait.store import open_store
+    from portrait.app.store import open_store
 
     return open_store()
 
 
 @st.cache_data
 def native_size() -> int:
-    from portrait.checkpoint import read_sdxl_info
+    from portrait.models.checkpoint import read_sdxl_info
     from portrait.settings import get_settings
 
     return read_sdxl_info(get_settings().sdxl_dir).default_size
@@ -44,7 +44,7 @@ def sample_faces() -> dict[str, bytes]:
 def upright(data: bytes, field: str = "id_images"):
     """A user's photo as every viewer shows it (EXIF orientation applied): the decoder the server runs, so what the
     page shows is what the server sees. An unreadable file raises InvalidInput naming the field."""
-    from portrait.params import decode_image
+    from portrait.images import decode_image
 
     return decode_image(data, field)
 

@@ -8,6 +8,7 @@ import dataclasses
 import streamlit as st
 
 from portrait import params as P
+from portrait.diffusion.trigger import TRIGGER_WORD, text_only_prompt
 from portrait.errors import Cancelled, InvalidInput, PortraitError
 from ui.common import get_client, get_store, native_size, sample_faces, show_error, upright
 
@@ -58,7 +59,7 @@ st.session_state.setdefault("negative_prompt", "blurry, low quality")
 
 
 def write_prompt() -> None:
-    from portrait.produce import prompt_from_idea
+    from portrait.app.production import prompt_from_idea
 
     try:
         choice = prompt_from_idea(st.session_state.idea, st.session_state.class_word,
@@ -76,7 +77,7 @@ idea_col.text_input("Idea (two words are enough)", key="idea", placeholder="corp
 button_col.button("Write prompt", on_click=write_prompt, width="stretch")
 if st.session_state.get("prompt_error"):
     st.error(st.session_state.prompt_error)
-st.text_area("Prompt" + (f" (keep '<class word> {P.TRIGGER_WORD}' for the identity)" if faces else ""), key="prompt",
+st.text_area("Prompt" + (f" (keep '<class word> {TRIGGER_WORD}' for the identity)" if faces else ""), key="prompt",
              height=90)
 st.text_area("Negative prompt", key="negative_prompt", height=68)
 
@@ -107,7 +108,7 @@ def checked_params() -> tuple[P.Stage1Params, P.DetailParams, int]:
     P.check_int_range("images", int(count), P.BATCH_MIN, P.BATCH_MAX)
     if faces:
         P.check_id_images(len(faces))
-        P.text_only_prompt(prompt)
+        text_only_prompt(prompt)
         shown_faces(faces)
     return base, detail, int(count)
 
@@ -118,7 +119,7 @@ if st.button("Generate", type="primary"):
     except InvalidInput as error:
         show_error(error)
         st.stop()
-    from portrait.produce import PromptChoice, produce
+    from portrait.app.production import PromptChoice, produce
 
     choice = PromptChoice(base.prompt, base.negative_prompt, st.session_state.get("idea_used"),
                           tuple(st.session_state.get("keywords", ())))

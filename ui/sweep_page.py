@@ -20,8 +20,8 @@ text = st.text_area("Sweep (YAML)", value=EXAMPLE, height=260, key="sweep_yaml")
 
 
 def parsed():
+    from portrait.app.sweep import parse_sweep
     from portrait.settings import PROJECT_ROOT
-    from portrait.sweep import parse_sweep
 
     return parse_sweep(text, PROJECT_ROOT, native_size())
 
@@ -35,7 +35,7 @@ if validate.button("Validate"):
     except PortraitError as error:
         show_error(error)
 if run.button("Run sweep", type="primary"):
-    from portrait.sweep import run_sweep
+    from portrait.app.sweep import run_sweep
 
     try:
         sweep = parsed()

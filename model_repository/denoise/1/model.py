@@ -1,18 +1,18 @@
-import os, sys  # noqa: E401  (the stub ignores PYTHONPATH; `portrait serve` passes the paths here)
-sys.path[:0] = [p for p in os.environ.get("PORTRAIT_PYTHONPATH", "").split(os.pathsep) if p]
+# the Python-backend stub is an isolated interpreter: `portrait serve` passes the project's import paths
+__import__("sys").path[:0] = filter(None, __import__("os").environ.get("PORTRAIT_PYTHONPATH", "").split(":"))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from portrait import triton_io as io  # noqa: E402
-from portrait.cancel import cancel_requested, clear  # noqa: E402
-from portrait.checkpoint import read_sdxl_info  # noqa: E402
-from portrait.denoise_request import ARRAYS, SCALARS, check_job_id, denoise_loop  # noqa: E402
-from portrait.errors import Unavailable  # noqa: E402
-from portrait.scheduler import Job, SchedulerStats, StepScheduler  # noqa: E402
-from portrait.torch_models import torch_setup  # noqa: E402
-from portrait.unet_runner import load_predictor, warm_up  # noqa: E402
+from portrait.errors import Unavailable
+from portrait.models.checkpoint import read_sdxl_info
+from portrait.models.unet_runner import load_predictor, warm_up
+from portrait.serving import triton_io
+from portrait.serving.cancel import cancel_requested, clear
+from portrait.serving.denoise_job import ARRAYS, SCALARS, check_job_id, denoise_loop
+from portrait.serving.step_scheduler import Job, SchedulerStats, StepScheduler
+from portrait.serving.torch_setup import torch_setup
 
-pb = io.pb_utils
+pb = triton_io.pb_utils
 FINAL = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
@@ -45,10 +45,10 @@ class SchedulerMetrics:
 
 
 class TritonPythonModel:
-    """The step scheduler owning the UNet: each request's loop joins at a step boundary (portrait/scheduler.py)."""
+    """The step scheduler owning the UNet: each request's loop joins at a step boundary (portrait/serving/step_scheduler.py)."""
 
     def initialize(self, args):
-        io.setup(args)
+        triton_io.setup(args)
         settings = torch_setup(heavy=True)  # this process runs the UNet: it gets the cores
         self.info = read_sdxl_info(settings.sdxl_dir)
         predict = load_predictor(settings)  # the only copy of the UNet on this device (PhotoMaker LoRA fused)
@@ -57,13 +57,13 @@ class TritonPythonModel:
         try:
             observer = SchedulerMetrics(args["model_name"]).update
         except Exception:  # metrics never stop the model (a backend without custom metrics)
-            io.log.warning("scheduler metrics disabled", exc_info=True)
+            triton_io.log.warning("scheduler metrics disabled", exc_info=True)
             observer = None
         self.scheduler = StepScheduler(predict, settings.max_rows, settings.max_active, observer).start()
 
     def execute(self, requests):
         for request in requests:  # decoupled: responses stream from the scheduler's thread
-            self.submit(request, io.Tracked())
+            self.submit(request, triton_io.Tracked())
         return None
 
     def submit(self, request, tracked):
@@ -71,12 +71,12 @@ class TritonPythonModel:
         job_id = None
 
         def progress(step, num_steps):
-            sender.send(pb.InferenceResponse([io.tensor("step", np.array([step], np.int32)),
-                                              io.tensor("num_steps", np.array([num_steps], np.int32))]))
+            sender.send(pb.InferenceResponse([triton_io.tensor("step", np.array([step], np.int32)),
+                                              triton_io.tensor("num_steps", np.array([num_steps], np.int32))]))
 
         def done(latents):
             clear(job_id)
-            sender.send(pb.InferenceResponse([io.tensor("latents", latents.numpy())]), flags=FINAL)
+            sender.send(pb.InferenceResponse([triton_io.tensor("latents", latents.numpy())]), flags=FINAL)
             tracked.succeeded()
 
         def fail(error):  # this request ends with its error; the others go on
@@ -84,10 +84,10 @@ class TritonPythonModel:
             sender.send(tracked.failed(error), flags=FINAL)
 
         try:
-            io.refuse_if_draining(request)
-            scalars = {k: io.get_scalar(request, k) for k in SCALARS}
+            triton_io.refuse_if_draining(request)
+            scalars = {k: triton_io.get_scalar(request, k) for k in SCALARS}
             job_id = check_job_id(scalars["job_id"])
-            steps = denoise_loop({k: io.get_array(request, k) for k in ARRAYS}, scalars, self.info, self.dims)
+            steps = denoise_loop({k: triton_io.get_array(request, k) for k in ARRAYS}, scalars, self.info, self.dims)
         except Exception as error:
             fail(error)
             return

@@ -1,18 +1,19 @@
-import os, sys  # noqa: E401  (the stub ignores PYTHONPATH; `portrait serve` passes the paths here)
-sys.path[:0] = [p for p in os.environ.get("PORTRAIT_PYTHONPATH", "").split(os.pathsep) if p]
+# the Python-backend stub is an isolated interpreter: `portrait serve` passes the project's import paths
+__import__("sys").path[:0] = filter(None, __import__("os").environ.get("PORTRAIT_PYTHONPATH", "").split(":"))
 
-import torch  # noqa: E402
+import torch
 
-from portrait import triton_io as io  # noqa: E402
-from portrait.errors import InvalidInput, ModelSetError  # noqa: E402
-from portrait.identity import IdEncoderConfig, clip_pixels, load_id_encoder, read_photomaker_file  # noqa: E402
-from portrait.params import MAX_ID_IMAGES, check_finite, check_id_images, check_shape, decode_image  # noqa: E402
-from portrait.torch_models import torch_setup  # noqa: E402
+from portrait.errors import InvalidInput, ModelSetError
+from portrait.images import decode_image
+from portrait.models.identity import IdEncoderConfig, clip_pixels, load_id_encoder, read_photomaker_file
+from portrait.params import MAX_ID_IMAGES, check_finite, check_id_images, check_shape
+from portrait.serving import triton_io
+from portrait.serving.torch_setup import torch_setup
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        io.setup(args)
+        triton_io.setup(args)
         settings = torch_setup()
         self.device, self.encoder, self.path = settings.device, None, settings.photomaker_file
         if self.path is None:  # the server still serves everything but identity; requests say why
@@ -23,15 +24,15 @@ class TritonPythonModel:
         self.encoder, self.config, self.dtype = encoder.to(self.device, dtype), config, dtype
 
     def execute(self, requests):
-        return io.respond_each(requests, self.fuse)
+        return triton_io.respond_each(requests, self.fuse)
 
     @torch.no_grad()
     def fuse(self, request):
         if self.encoder is None:
             raise ModelSetError("identity needs PhotoMaker V2 weights at <models>/photomaker/photomaker-v2.bin")
-        photos = io.get_array(request, "id_images").reshape(-1)
-        embeds = io.get_array(request, "id_embeds")
-        prompt_embeds, mask = io.get_array(request, "prompt_embeds"), io.get_array(request, "class_tokens_mask")
+        photos = triton_io.get_array(request, "id_images").reshape(-1)
+        embeds = triton_io.get_array(request, "id_embeds")
+        prompt_embeds, mask = triton_io.get_array(request, "prompt_embeds"), triton_io.get_array(request, "class_tokens_mask")
         n = len(photos)
         if n == 0:
             raise InvalidInput("id_images", "needs at least one identity photo")
@@ -50,4 +51,4 @@ class TritonPythonModel:
         fused = self.encoder(pixels, torch.from_numpy(prompt_embeds.copy()).to(self.device, self.dtype),
                              torch.from_numpy(mask.copy()).to(self.device),
                              torch.from_numpy(embeds.copy()).to(self.device, self.dtype))
-        return io.pb_utils.InferenceResponse([io.tensor("id_prompt_embeds", fused.float().cpu().numpy())])
+        return triton_io.pb_utils.InferenceResponse([triton_io.tensor("id_prompt_embeds", fused.float().cpu().numpy())])

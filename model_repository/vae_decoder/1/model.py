@@ -1,7 +1,7 @@
-import os, sys  # noqa: E401  (the stub ignores PYTHONPATH; `portrait serve` passes the paths here)
-sys.path[:0] = [p for p in os.environ.get("PORTRAIT_PYTHONPATH", "").split(os.pathsep) if p]
+# the Python-backend stub is an isolated interpreter: `portrait serve` passes the project's import paths
+__import__("sys").path[:0] = filter(None, __import__("os").environ.get("PORTRAIT_PYTHONPATH", "").split(":"))
 
-from portrait.vae_model import VAEModel  # noqa: E402
+from portrait.serving.vae_adapter import VAEModel
 
 
 class TritonPythonModel(VAEModel):

@@ -1,0 +1,107 @@
+# the Python-backend stub is an isolated interpreter: `portrait serve` passes the project's import paths
+__import__("sys").path[:0] = filter(None, __import__("os").environ.get("PORTRAIT_PYTHONPATH", "").split(":"))
+
+import dataclasses
+import secrets
+import threading
+import time
+import uuid
+
+import numpy as np
+
+from portrait.errors import Cancelled, InvalidInput
+from portrait.models.checkpoint import read_sdxl_info
+from portrait.params import DetailParams, Stage1Params
+from portrait.serving import metrics, triton_io
+from portrait.serving.cancel import request_cancel
+from portrait.settings import get_settings
+from portrait.stages import detail_faces, generate_base, prepare_identity
+
+pb = triton_io.pb_utils
+STAGE1 = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_cutoff", "seed")
+STAGE2 = ("prompt", "negative_prompt", "steps", "guidance_scale", "guidance_cutoff", "seed", "strength", "max_faces",
+          "margin", "work_size", "style_strength")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        triton_io.setup(args)
+        self.info = read_sdxl_info(get_settings().sdxl_dir)
+        self.slots = threading.BoundedSemaphore(int(triton_io.model_parameters(args).get("max_concurrent_requests", "8")))
+        self.in_flight = 0
+        self.lock = threading.Lock()
+
+    def execute(self, requests):
+        # each request runs in its own daemon thread (as Triton's decoupled examples): execute returns at once,
+        # and a stub shutting down is never held by a worker thread
+        for request in requests:
+            with self.lock:
+                self.in_flight += 1
+            threading.Thread(target=self.run_in_slot, args=(request, triton_io.Tracked()), daemon=True).start()
+
+    def finalize(self):
+        deadline = time.monotonic() + 10
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def run_in_slot(self, request, tracked: triton_io.Tracked):
+        try:
+            with self.slots:
+                self.run(request, tracked)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def run(self, request, tracked: triton_io.Tracked):
+        """Every stream ends with one final response: the result, or the error (counted and logged there)."""
+        sender = request.get_response_sender()
+        job = uuid.uuid4().hex
+        backend = triton_io.BlsBackend(job_id=job, trace=request.trace())
+
+        def reporter(stage: str):
+            def report(step: int, total: int) -> None:
+                if request.is_cancelled():
+                    request_cancel(job)  # stops the denoise loop this request started
+                    raise Cancelled(f"cancelled by the client during {stage}, step {step} of {total}")
+                sender.send(pb.InferenceResponse([
+                    triton_io.tensor("stage", np.array([stage.encode()], dtype=object)),
+                    triton_io.tensor("step", np.array([step], np.int32)), triton_io.tensor("num_steps", np.array([total], np.int32))]))
+            return report
+
+        try:
+            triton_io.refuse_if_draining(request)
+            values = {k: triton_io.get_scalar(request, k) for k in set(STAGE1) | set(STAGE2) | {"detail"}}
+            if values["seed"] is None:
+                values["seed"] = secrets.randbelow(2**31)
+            size = self.info.default_size
+            base_params = Stage1Params.from_mapping({k: values[k] for k in STAGE1}, {"width": size, "height": size})
+            detail = values["detail"] is not False
+            detail_params = DetailParams.from_mapping({k: values[k] for k in STAGE2}, {"work_size": size}) if detail else None
+            photos = triton_io.get_array(request, "id_images")
+            identity = None
+            if photos is not None:  # checked before any diffusion: a bad identity photo fails at once
+                if detail_params is None:
+                    raise InvalidInput("id_images", "need stage 2 (detail must be true): identity is injected there")
+                metrics.identity_request(triton_io.model_name())
+                identity = prepare_identity(backend, [bytes(p) for p in photos.reshape(-1)], detail_params.prompt)
+                base_params = dataclasses.replace(base_params, prompt=identity.text_only_prompt)  # stage 1: no trigger
+            images, truncated = generate_base(backend, base_params, self.info.force_zeros_for_empty_prompt, reporter("base"))
+            base = images[0]
+            if detail_params is not None:
+                result = detail_faces(backend, base, detail_params, self.info.force_zeros_for_empty_prompt, reporter("detail"),
+                                      identity)
+                final, mask, boxes = result.image, result.mask, result.boxes
+                metrics.faces_detailed(triton_io.model_name(), len(boxes))
+            else:
+                final, mask, boxes = base, np.zeros(base.shape[:2], np.uint8), np.zeros((0, 4), np.float32)
+            sender.send(pb.InferenceResponse([
+                triton_io.tensor("base_image", base), triton_io.tensor("mask", mask), triton_io.tensor("image", final),
+                triton_io.tensor("boxes", boxes), triton_io.tensor("seed", np.array([base_params.seed], np.int64)),
+                triton_io.tensor("truncated_tokens", np.array([truncated], np.int32))]),
+                flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            tracked.succeeded()
+        except Exception as error:
+            try:
+                sender.send(tracked.failed(error), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except Exception:  # a cancelled request may refuse responses; there is nobody left to tell
+                pass

@@ -1,0 +1,1 @@
+"""What people run: the CLI, productions, the store, sweeps."""

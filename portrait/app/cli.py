@@ -1,0 +1,382 @@
+"""`portrait` command line: serve | generate | detail | sweep | ui | weights (| prompt, from the prompt agent)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from portrait.errors import InvalidInput, PortraitError
+from portrait.images import encode_png
+
+
+def add_stage1_arguments(p: argparse.ArgumentParser) -> None:
+    from portrait import params as P
+
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="SDXL prompt")
+    source.add_argument("--idea", help="a short idea ('corporate confidence'): the prompt agent writes the prompt")
+    p.add_argument("--negative-prompt", default=None, help="negative prompt (empty: zero embeddings, as SDXL; "
+                   "with --idea: the agent's unless given)")
+    p.add_argument("--width", type=int, default=None, help=f"multiple of {P.SIZE_MULTIPLE} in [{P.SIZE_MIN}, {P.SIZE_MAX}] "
+                   "(default: the model's native size)")
+    p.add_argument("--height", type=int, default=None, help="as --width")
+    p.add_argument("--steps", type=int, default=10, help=f"[{P.STEPS_MIN}, {P.STEPS_MAX}], Align-Your-Steps schedule")
+    p.add_argument("--guidance", type=float, default=5.0, help=f"CFG scale [{P.GUIDANCE_MIN:g}, {P.GUIDANCE_MAX:g}]; <= 1 disables CFG")
+    p.add_argument("--guidance-cutoff", type=float, default=0.2, help="fraction of final steps without CFG [0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="image i of the batch uses seed + i")
+    p.add_argument("--batch-size", type=int, default=1, help=f"[{P.BATCH_MIN}, {P.BATCH_MAX}]")
+
+
+def add_identity_arguments(p: argparse.ArgumentParser) -> None:
+    from portrait import params as P
+    from portrait.diffusion.trigger import TRIGGER_WORD
+
+    p.add_argument("--face", type=Path, action="append", default=[], metavar="PHOTO",
+                   help=f"identity photo (repeat, up to {P.MAX_ID_IMAGES}): PhotoMaker V2 puts this person's identity "
+                        f"into the detailed face; the prompt must then hold '<class word> {TRIGGER_WORD}'")
+    p.add_argument("--style-strength", type=float, default=20.0,
+                   help=f"identity: %% of the stage-2 steps run on the text alone before the identity merges in "
+                        f"[{P.STYLE_STRENGTH_MIN:g}, {P.STYLE_STRENGTH_MAX:g}] (PhotoMaker's start_merge_step; higher: "
+                        f"more style, less likeness)")
+
+
+def read_faces(paths: list[Path]) -> list[bytes]:
+    from portrait.params import check_id_images
+
+    check_id_images(len(paths))
+    faces = []
+    for path in paths:
+        try:
+            faces.append(path.read_bytes())
+        except OSError as error:
+            raise InvalidInput("id_images", f"{path} cannot be read: {error.strerror}") from None
+    return faces
+
+
+@contextlib.contextmanager
+def server_client(url: str | None, protocol: str):
+    """A client for the server at `url`, or for an embedded server started (and stopped) here if none answers."""
+    from clients import connect
+    from portrait.serving.server import TritonServer
+    from portrait.settings import get_settings
+
+    settings = get_settings()
+    url = url or (settings.url if protocol == "grpc" else f"localhost:{settings.http_port}")
+    client = connect(url, protocol)
+    if client.is_ready():
+        yield client
+        client.close()
+        return
+    client.close()
+    print(f"no server answers at {url}; starting an embedded one ...", file=sys.stderr)
+    with TritonServer.create(settings, free_ports=True) as server:
+        with connect(server.grpc_url if protocol == "grpc" else server.http_url, protocol) as embedded:
+            yield embedded
+
+
+def generate_one(client, params, detail, protocol: str, faces: list[bytes] | None = None):
+    """One portrait: the streaming `portrait` model with a progress bar (gRPC), or stage1 + face_detailer (HTTP)."""
+    from clients import PortraitOutput
+
+    if protocol == "grpc":
+        from tqdm import tqdm
+
+        bars: dict = {}
+
+        def progress(stage: str, step: int, total: int) -> None:
+            if stage not in bars:
+                bars[stage] = tqdm(total=total, desc=f"{stage:>6}", unit="step", leave=True, file=sys.stderr)
+            bars[stage].update(step - bars[stage].n)
+
+        try:
+            return client.portrait(params, detail, progress, faces=faces)
+        finally:
+            for bar in bars.values():
+                bar.close()
+    if faces:
+        from portrait.diffusion.trigger import text_only_prompt
+
+        params = dataclasses.replace(params, prompt=text_only_prompt(params.prompt))  # stage 1 has no identity
+    first = client.stage1(params)  # HTTP has no streaming: the same two stages as plain requests
+    base, truncated = first.images[0], first.truncated_tokens
+    if detail is None:
+        return PortraitOutput(base, np.zeros(base.shape[:2], np.uint8), base, np.zeros((0, 4), np.float32), params.seed,
+                              truncated)
+    out = client.detail(encode_png(base), detail, faces)
+    return PortraitOutput(base, out.mask, out.image, out.boxes, params.seed, truncated)
+
+
+def cmd_generate(args) -> int:
+    from portrait.models.checkpoint import read_sdxl_info
+    from portrait.params import DetailParams, Stage1Params
+    from portrait.settings import get_settings
+
+    size = read_sdxl_info(get_settings().sdxl_dir).default_size
+    prompt, negative = args.prompt, args.negative_prompt
+    faces = read_faces(args.face)
+    if faces and args.no_detail:
+        raise InvalidInput("id_images", "need stage 2: --face cannot go with --no-detail")
+    if args.idea is not None:
+        from portrait.diffusion.trigger import TRIGGER_WORD
+        from prompt_agent import PromptAgentError, build_prompt
+
+        try:
+            agent = build_prompt(args.idea, class_word=args.class_word if faces else None,
+                                 trigger=TRIGGER_WORD if faces else None)
+        except PromptAgentError as error:
+            raise InvalidInput("idea", str(error)) from None
+        prompt, negative = agent.prompt, agent.negative_prompt if negative is None else negative
+        print(f"prompt: {prompt}\nnegative prompt: {negative}", file=sys.stderr)
+    params = Stage1Params(
+        prompt=prompt, negative_prompt=negative or "", width=args.width or size, height=args.height or size,
+        steps=args.steps, guidance_scale=args.guidance, guidance_cutoff=args.guidance_cutoff, seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    detail = None if args.no_detail else DetailParams(
+        prompt=params.prompt, negative_prompt=params.negative_prompt, steps=params.steps,
+        guidance_scale=params.guidance_scale, guidance_cutoff=params.guidance_cutoff, seed=params.seed,
+        strength=args.strength, max_faces=args.max_faces, margin=args.margin, work_size=size,
+        style_strength=args.style_strength)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with server_client(args.url, args.protocol) as client:
+        for i, seed in enumerate(params.seeds):
+            path = args.out if i == 0 else args.out.with_name(f"{args.out.stem}_{i}{args.out.suffix}")
+            one = dataclasses.replace(params, seed=seed, batch_size=1)
+            out = generate_one(client, one, detail and dataclasses.replace(detail, seed=seed), args.protocol, faces)
+            Image.fromarray(out.image).save(path)
+            print(f"{path}  (seed {seed})")
+            if detail is not None:
+                for name, image in (("base", out.base_image), ("mask", out.mask)):
+                    Image.fromarray(image).save(path.with_name(f"{path.stem}_{name}{path.suffix}"))
+                print(f"  base {path.with_name(path.stem + '_base' + path.suffix)}, mask "
+                      f"{path.with_name(path.stem + '_mask' + path.suffix)}; "
+                      + (f"{len(out.boxes)} face(s) detailed" if len(out.boxes) else "no face found in the base image"))
+    if out.truncated_tokens:
+        print(f"note: the prompt was {out.truncated_tokens} CLIP tokens over the 77-token limit; those were dropped",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_detail(args) -> int:
+    from portrait.models.checkpoint import read_sdxl_info
+    from portrait.params import DetailParams
+    from portrait.settings import get_settings
+
+    params = DetailParams(
+        prompt=args.prompt, negative_prompt=args.negative_prompt or "", steps=args.steps, guidance_scale=args.guidance,
+        guidance_cutoff=args.guidance_cutoff, seed=args.seed, strength=args.strength, max_faces=args.max_faces,
+        margin=args.margin, work_size=args.work_size or read_sdxl_info(get_settings().sdxl_dir).default_size,
+        style_strength=args.style_strength,
+    )
+    try:
+        data = args.image.read_bytes()
+    except OSError as error:
+        raise InvalidInput("image", f"cannot be read: {error.strerror}") from None
+    faces = read_faces(args.face)
+    with server_client(args.url, args.protocol) as client:
+        out = client.detail(data, params, faces)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(out.image).save(args.out)
+    mask_path = args.out.with_name(f"{args.out.stem}_mask{args.out.suffix}")
+    Image.fromarray(out.mask).save(mask_path)
+    print(f"{args.out}\n{mask_path}")
+    print(f"{out.faces_found} face(s) detailed" if out.faces_found else "no face found: the image is unchanged",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from tqdm import tqdm
+
+    from portrait.app.store import open_store
+    from portrait.app.sweep import parse_sweep, run_sweep
+    from portrait.models.checkpoint import read_sdxl_info
+    from portrait.settings import get_settings
+
+    try:
+        text = args.file.read_text()
+    except OSError as error:
+        raise InvalidInput("sweep", f"{args.file} cannot be read: {error.strerror}") from None
+    sweep = parse_sweep(text, args.file.parent, read_sdxl_info(get_settings().sdxl_dir).default_size)
+    print(f"sweep {sweep.name}: {len(sweep.rows)} rows x {len(sweep.columns)} columns = {sweep.size} portraits",
+          file=sys.stderr)
+    store = open_store()
+    with server_client(args.url, "grpc") as client, tqdm(total=sweep.size, unit="portrait", file=sys.stderr) as bar:
+        record = run_sweep(client, store, sweep, lambda done, total, what: (bar.set_postfix_str(what[-40:]),
+                                                                            bar.update(done - bar.n)))
+    print(f"{len(record['productions'])} productions in {store.backend}; contact sheet {store.backend}/"
+          f"{record['contact_sheet']}")
+    return 0
+
+
+def stop_on_signals() -> list:
+    """A list that SIGINT / SIGTERM append to (lock-free: a handler that takes a lock, such as Event.set, deadlocks
+    when a second signal lands while the main thread holds that lock)."""
+    received: list = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda number, _frame: received.append(number))
+    return received
+
+
+def cmd_ui(args) -> int:
+    """Streamlit on `args.port`; an embedded Triton server too when none answers at PORTRAIT_URL."""
+    import os
+    import subprocess
+
+    from clients import connect
+    from portrait.serving.server import TritonServer
+    from portrait.settings import PROJECT_ROOT, get_settings
+
+    settings = get_settings()
+    url = args.url or settings.url
+    server = None
+    with connect(url) as probe:
+        ready = probe.is_ready()
+    if not ready:
+        print(f"no server answers at {url}; starting an embedded one ...", file=sys.stderr)
+        server = TritonServer.create(settings, free_ports=True).start()
+        url = server.grpc_url
+    command = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "ui" / "app.py"),
+               "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    print(f"portrait UI on http://localhost:{args.port}  (Triton at {url}; Ctrl-C stops)", flush=True)
+    app = subprocess.Popen(command, env={**os.environ, "PORTRAIT_URL": url})
+    stop = stop_on_signals()
+    try:
+        while not stop and app.poll() is None:
+            time.sleep(0.5)
+    finally:
+        if app.poll() is None:
+            app.terminate()
+            try:
+                app.wait(10)
+            except subprocess.TimeoutExpired:
+                app.kill()
+        if server is not None:
+            server.stop()
+    return 0 if stop else (app.returncode or 0)
+
+
+def cmd_serve(args) -> int:
+    """tritonserver under the supervisor (portrait/serving/server.py: watchdog, truthful health, drain on SIGTERM)."""
+    import dataclasses as dc
+
+    from portrait.serving.server import Supervisor, TritonServer
+    from portrait.settings import get_settings
+
+    settings = get_settings()
+    overrides = {k: v for k, v in (("host", args.host), ("health_port", args.health_port),
+                                   ("grace_period", args.grace_period)) if v is not None}
+    settings = dc.replace(settings, **overrides)
+    server = TritonServer.create(settings)
+    banner = (f"models from {settings.models_dir}; log {server.log_path}; bound to {settings.host}; the "
+              f"model-repository, shared-memory, logging and trace APIs need the X-Portrait-Key header "
+              f"({'PORTRAIT_API_KEY' if settings.api_key else 'a random key: set PORTRAIT_API_KEY to use them'}); "
+              f"Ctrl-C / SIGTERM drains and stops")
+    supervisor = Supervisor(server, settings.health_port, exit_on_failure=args.exit_on_failure, banner=banner)
+    return supervisor.run()
+
+
+def cmd_weights(args) -> int:
+    from portrait.models.tiny import build_full_model_set, build_tiny_model_set
+    from portrait.settings import get_settings
+
+    if args.full_size is not None:  # SDXL base 1.0 + PhotoMaker V2 at real dimensions, random weights (~8 GB)
+        print(build_full_model_set(args.full_size, force=args.force))
+        return 0
+    print(build_tiny_model_set(get_settings().models_dir, force=args.force))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="portrait", description="Face-identity portraits served by NVIDIA Triton")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the Triton server with model_repository/, supervised")
+    serve.add_argument("--host", default=None, help="address to bind HTTP, gRPC, metrics and health to "
+                       "(default PORTRAIT_HOST, 127.0.0.1; 0.0.0.0 opens it to the network)")
+    serve.add_argument("--health-port", type=int, default=None, help="truthful /v2/health/{live,ready} "
+                       "(default PORTRAIT_HEALTH_PORT, 8003)")
+    serve.add_argument("--grace-period", type=float, default=None, help="seconds SIGTERM lets in-flight requests "
+                       "finish (default PORTRAIT_GRACE_PERIOD, 30)")
+    serve.add_argument("--exit-on-failure", action="store_true", help="a dead or wedged model worker ends the "
+                       "supervisor with exit code 3 (container mode) instead of restarting Triton")
+    serve.set_defaults(func=cmd_serve)
+
+    gen = sub.add_parser("generate", help="text -> image through Triton (starts an embedded server if none answers)")
+    add_stage1_arguments(gen)
+    gen.add_argument("--out", type=Path, default=Path("out/portrait.png"),
+                     help="final PNG; also <out>_base.png and <out>_mask.png (batch: _1, _2 ... suffixes)")
+    gen.add_argument("--no-detail", action="store_true", help="stage 1 only: skip face detailing")
+    gen.add_argument("--strength", type=float, default=0.6, help="stage 2: how far faces are re-noised (0, 1]")
+    gen.add_argument("--max-faces", type=int, default=4, help="stage 2: largest faces first")
+    gen.add_argument("--margin", type=float, default=0.35, help="stage 2: context around each face")
+    add_identity_arguments(gen)
+    gen.add_argument("--class-word", default="person", help="with --idea and --face: the class word the agent puts "
+                     "before the trigger word (woman, man, person, ...)")
+    gen.add_argument("--url", default=None, help="server host:port (default: PORTRAIT_URL)")
+    gen.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    gen.set_defaults(func=cmd_generate)
+
+    detail = sub.add_parser("detail", help="stage 2 on any image: detect faces, re-diffuse them, paste back")
+    detail.add_argument("--image", type=Path, required=True, help="PNG/JPEG; gray and RGBA are converted to RGB")
+    detail.add_argument("--prompt", required=True)
+    detail.add_argument("--negative-prompt", default="")
+    detail.add_argument("--steps", type=int, default=10)
+    detail.add_argument("--guidance", type=float, default=5.0)
+    detail.add_argument("--guidance-cutoff", type=float, default=0.2)
+    detail.add_argument("--seed", type=int, default=0, help="face i uses seed + i")
+    detail.add_argument("--strength", type=float, default=0.6, help="how far the faces are re-noised (0, 1]")
+    detail.add_argument("--max-faces", type=int, default=4, help="largest faces first")
+    detail.add_argument("--margin", type=float, default=0.35, help="context around each face, fraction of its size")
+    detail.add_argument("--work-size", type=int, default=None, help="crop side the face is magnified to (default: native)")
+    add_identity_arguments(detail)
+    detail.add_argument("--out", type=Path, default=Path("out/detail.png"), help="also writes <out>_mask.png")
+    detail.add_argument("--url", default=None)
+    detail.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    detail.set_defaults(func=cmd_detail)
+
+    sweep = sub.add_parser("sweep", help="run a YAML sweep (faces x ideas x parameter grid x seeds) into the store")
+    sweep.add_argument("file", type=Path, help="sweep YAML (see portrait/app/sweep.py and docs/ui.md)")
+    sweep.add_argument("--url", default=None, help="gRPC host:port (default: PORTRAIT_URL; embedded server if none)")
+    sweep.set_defaults(func=cmd_sweep)
+
+    ui = sub.add_parser("ui", help="the Streamlit front end (Create, Gallery, Sweep); starts Triton if none answers")
+    ui.add_argument("--port", type=int, default=8501)
+    ui.add_argument("--url", default=None, help="gRPC host:port (default: PORTRAIT_URL)")
+    ui.set_defaults(func=cmd_ui)
+
+    weights = sub.add_parser("weights", help="build the tiny seeded default model set under PORTRAIT_MODELS")
+    weights.add_argument("--force", action="store_true")
+    weights.add_argument("--full-size", type=Path, metavar="DIR", default=None,
+                         help="instead: SDXL base 1.0 + PhotoMaker V2 at their published dimensions with seeded random "
+                              "weights (fp16, about 8 GB) and InsightFace-shaped ONNX, into DIR (e.g. weights/full)")
+    weights.set_defaults(func=cmd_weights)
+
+    try:
+        from prompt_agent.cli import register
+    except ImportError:
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PortraitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The productions store: every result with its metadata, in a local directory or an S3-compatible bucket.
+
+Layout (keys under the store's root or bucket prefix):
+
+    faces/<sha256>.png                      identity photos, content-addressed (the same photo is stored once)
+    productions/<id>/meta.json              idea, prompt, keywords, parameters, seed, model set, timings, faces
+    productions/<id>/{image,base,mask}.png  final, stage 1, paste-back mask
+    gallery/<id>.json                       a production promoted by "Save to gallery" (caption, when)
+    curated/<name>/...                      sweep contact sheets and their sweep.json
+
+Ids start with a UTC timestamp, so key order is age order; a random suffix keeps concurrent saves apart.
+Every object is written whole (local: temp file + atomic rename; S3: one PUT) and meta.json last, so a
+production is listed only once all of its images are there. Nothing is ever rewritten in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from portrait.errors import InvalidInput, PortraitError
+from portrait.images import decode_image, encode_png
+
+IMAGE_NAMES = ("image", "base", "mask")
+
+
+class StoreError(PortraitError):
+    """The store cannot be read or written (missing bucket, permissions, ...)."""
+
+
+class Backend(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str) -> list[str]: ...  # keys under prefix, sorted
+
+
+class LocalBackend:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise InvalidInput("key", f"{key!r} leaves the store")
+        return path
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # atomic: readers see the old object or the whole new one
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix
+        if not base.exists():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+
+class S3Backend:
+    """Any S3-compatible bucket (AWS, MinIO, Ceph ...) through boto3; credentials from boto3's usual chain."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None):
+        import boto3
+
+        self.bucket, self.prefix = bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client = client or boto3.client("s3", endpoint_url=endpoint_url)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise KeyError(key) from None
+
+    def exists(self, key: str) -> bool:
+        return bool(self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + key, MaxKeys=1).get("KeyCount"))
+
+    def list(self, prefix: str) -> list[str]:
+        keys = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            keys += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
+        return sorted(keys)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True)
+class Production:
+    id: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def caption(self) -> str:
+        keywords = self.meta.get("keywords") or []
+        return ", ".join(keywords[:6]) if keywords else self.meta.get("prompt", "")[:80]
+
+
+def new_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(4)
+
+
+class ProductionStore:
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def save_face(self, data: bytes) -> str:
+        """An identity photo, stored once per content (upright, as the server read it); returns its key."""
+        key = f"faces/{hashlib.sha256(data).hexdigest()[:32]}.png"
+        if not self.backend.exists(key):
+            self.backend.put(key, encode_png(decode_image(data, "id_images")))
+        return key
+
+    def save_production(self, images: dict[str, np.ndarray], meta: dict) -> Production:
+        """Images (image, base, mask) and their metadata; meta.json is written last (the commit point)."""
+        pid = new_id()
+        for name in IMAGE_NAMES:
+            if name in images:
+                self.backend.put(f"productions/{pid}/{name}.png", encode_png(images[name]))
+        meta = {**meta, "id": pid, "created": datetime.now(UTC).isoformat()}
+        self.backend.put(f"productions/{pid}/meta.json", json.dumps(meta, indent=2, default=str).encode())
+        return Production(pid, meta)
+
+    def production(self, pid: str) -> Production:
+        try:
+            return Production(pid, json.loads(self.backend.get(f"productions/{pid}/meta.json")))
+        except KeyError:
+            raise InvalidInput("production", f"no production {pid!r} in {self.backend}") from None
+
+    def image(self, pid: str, name: str = "image") -> bytes:
+        return self.backend.get(f"productions/{pid}/{name}.png")
+
+    def productions(self) -> list[Production]:
+        """Every complete production, newest first."""
+        ids = [k.split("/")[1] for k in self.backend.list("productions/") if k.endswith("/meta.json")]
+        return [self.production(pid) for pid in sorted(ids, reverse=True)]
+
+    def promote(self, pid: str, caption: str | None = None) -> Production:
+        """"Save to gallery": a gallery record pointing at the production (which stays where it is)."""
+        production = self.production(pid)
+        record = {"id": pid, "caption": caption or production.caption,
+                  "saved": datetime.now(UTC).isoformat()}
+        self.backend.put(f"gallery/{pid}.json", json.dumps(record, indent=2).encode())
+        return production
+
+    def gallery(self, page: int = 0, per_page: int = 12) -> tuple[list[tuple[Production, str]], int]:
+        """One page of (production, caption), newest first, and the number of pages."""
+        ids = sorted((k[len("gallery/"):-len(".json")] for k in self.backend.list("gallery/") if k.endswith(".json")),
+                     reverse=True)
+        pages = max(1, -(-len(ids) // per_page))
+        chosen = ids[page * per_page:(page + 1) * per_page]
+        items = []
+        for pid in chosen:
+            record = json.loads(self.backend.get(f"gallery/{pid}.json"))
+            items.append((self.production(pid), record.get("caption", "")))
+        return items, pages
+
+    def save_curated(self, name: str, files: dict[str, bytes]) -> list[str]:
+        keys = [f"curated/{name}/{file}" for file in files]
+        for key, data in zip(keys, files.values()):
+            self.backend.put(key, data)
+        return keys
+
+
+def open_store(settings=None) -> ProductionStore:
+    """The store the settings name: an S3 bucket when PORTRAIT_STORE_S3_BUCKET is set, else a local directory."""
+    from portrait.settings import get_settings
+
+    settings = settings or get_settings()
+    if settings.store_bucket:
+        return ProductionStore(S3Backend(settings.store_bucket, settings.store_prefix, settings.store_endpoint))
+    return ProductionStore(LocalBackend(settings.store_dir))

@@ -1,0 +1,46 @@
+"""The pieces of the GPU path that run without a GPU: the UNet's ONNX export and the `unet` override.
+
+The TensorRT build itself (scripts/build_unet_trt.sh) needs a GPU and trtexec and is not run here.
+"""
+
+import dataclasses
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from portrait.models.export import INPUT_NAMES, UNetForExport, example_inputs, export_unet_onnx
+from portrait.models.sdxl import load_unet
+from portrait.serving.server import MODEL_REPOSITORY, model_repositories
+from portrait.settings import get_settings
+
+
+@pytest.fixture(scope="module")
+def unet(sdxl_dir):
+    return load_unet(sdxl_dir)
+
+
+def test_onnx_export_matches_torch_at_other_shapes(unet, tmp_path):
+    path = export_unet_onnx(unet, tmp_path / "unet.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == INPUT_NAMES
+    wrapper = UNetForExport(unet)
+    for rows, latent in ((1, 8), (3, 24)):  # not the export's example shape: the axes are dynamic
+        inputs = example_inputs(unet, rows=min(rows, 2), latent=latent)
+        inputs = tuple(torch.cat([t] * 2)[:rows] for t in inputs)
+        expected = wrapper(*inputs).detach().numpy()
+        got = session.run(None, {n: t.numpy() for n, t in zip(INPUT_NAMES, inputs)})[0]
+        assert got.shape == expected.shape == (rows, 4, latent, latent)
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_unet_override_replaces_only_the_unet(tmp_path):
+    plan_dir = tmp_path / "trt_unet"
+    plan_dir.mkdir()
+    (plan_dir / "config.pbtxt").write_text('name: "unet"\nplatform: "tensorrt_plan"\n')
+    settings = dataclasses.replace(get_settings(), unet_dir=plan_dir)
+    [merged] = model_repositories(settings, tmp_path / "repo")
+    assert (merged / "unet").resolve() == plan_dir.resolve()
+    assert (merged / "stage1").resolve() == (MODEL_REPOSITORY / "stage1").resolve()
+    assert sorted(p.name for p in merged.iterdir()) == sorted(p.name for p in MODEL_REPOSITORY.iterdir() if p.is_dir())
