@@ -87,7 +87,7 @@ def sampling_inputs(seeds: list[int], height: int, width: int, steps: int, guida
     }
 
 
-def run_denoise(backend: Backend, inputs: dict, progress: Progress | None) -> np.ndarray:
+def denoise_stream(backend: Backend, inputs: dict, progress: Progress | None) -> np.ndarray:
     latents = None
     for out in backend.denoise(inputs):
         if "step" in out and progress is not None:
@@ -101,7 +101,7 @@ def generate_base(backend: Backend, params: Stage1Params, force_zeros: bool, pro
     text, truncated = text_inputs(backend, params.prompt, params.negative_prompt, params.batch_size, force_zeros)
     inputs = {**text, **sampling_inputs(params.seeds, params.height, params.width, params.steps,
                                         params.guidance_scale, params.guidance_cutoff)}
-    return backend.decode(run_denoise(backend, inputs, progress)), truncated
+    return backend.decode(denoise_stream(backend, inputs, progress)), truncated
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def detail_faces(backend: Backend, image: np.ndarray, params: DetailParams, forc
             "id_pooled_prompt_embeds": identity.pooled_prompt_embeds.repeat(n, 0),
             "start_merge_step": np.array([start_merge_step(params.style_strength, steps_run)], np.int32),
         })
-    detailed = backend.decode(run_denoise(backend, inputs, progress))
+    detailed = backend.decode(denoise_stream(backend, inputs, progress))
     out, mask = image.copy(), np.zeros((h, w), np.float32)
     for crop, alpha, patch in zip(crops, alphas, detailed):
         out = paste_back(out, resize_square(patch, crop.size), crop, alpha)

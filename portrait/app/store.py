@@ -15,6 +15,7 @@ production is listed only once all of its images are there. Nothing is ever rewr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,10 +35,11 @@ IMAGE_NAMES = ("image", "base", "mask")
 
 
 class StoreError(PortraitError):
-    """The store cannot be read or written (missing bucket, permissions, ...)."""
+    """The store cannot be read or written (missing bucket, credentials, permissions, a full disk ...): the store
+    and what failed are named; nothing half-written is left (LocalBackend writes atomically)."""
 
 
-class Backend(Protocol):
+class StorageBackend(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
@@ -47,7 +49,10 @@ class Backend(Protocol):
 class LocalBackend:
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot create the store {self.root}: {error.strerror}") from None
 
     def path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -57,16 +62,21 @@ class LocalBackend:
 
     def put(self, key: str, data: bytes) -> None:
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        except OSError as error:
+            raise StoreError(f"cannot write {key} to the store {self.root}: {error.strerror}") from None
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)  # atomic: readers see the old object or the whole new one
-        except BaseException:
+        except BaseException as error:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(error, OSError):
+                raise StoreError(f"cannot write {key} to the store {self.root}: {error.strerror}") from None
             raise
 
     def get(self, key: str) -> bytes:
@@ -74,6 +84,8 @@ class LocalBackend:
             return self.path(key).read_bytes()
         except FileNotFoundError:
             raise KeyError(key) from None
+        except OSError as error:
+            raise StoreError(f"cannot read {key} from the store {self.root}: {error.strerror}") from None
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -97,22 +109,35 @@ class S3Backend:
         self.bucket, self.prefix = bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.client = client or boto3.client("s3", endpoint_url=endpoint_url)
 
-    def put(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+    @contextlib.contextmanager
+    def failing_as(self, what: str, key: str):
+        """boto3's errors (no bucket, no credentials, access denied, unreachable endpoint) -> StoreError."""
+        from botocore.exceptions import BotoCoreError, ClientError
 
-    def get(self, key: str) -> bytes:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+            yield
         except self.client.exceptions.NoSuchKey:
             raise KeyError(key) from None
+        except (BotoCoreError, ClientError) as error:
+            raise StoreError(f"cannot {what} {key or 'keys'} in the store {self}: {error}") from None
+
+    def put(self, key: str, data: bytes) -> None:
+        with self.failing_as("write", key):
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+
+    def get(self, key: str) -> bytes:
+        with self.failing_as("read", key):
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
 
     def exists(self, key: str) -> bool:
-        return bool(self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + key, MaxKeys=1).get("KeyCount"))
+        with self.failing_as("look up", key):
+            return bool(self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + key, MaxKeys=1).get("KeyCount"))
 
     def list(self, prefix: str) -> list[str]:
         keys = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
-            keys += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
+        with self.failing_as("list", prefix):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                keys += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
         return sorted(keys)
 
     def __str__(self) -> str:
@@ -135,7 +160,7 @@ def new_id() -> str:
 
 
 class ProductionStore:
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: StorageBackend):
         self.backend = backend
 
     def save_face(self, data: bytes) -> str:

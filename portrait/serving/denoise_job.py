@@ -121,6 +121,6 @@ def denoise_loop(arrays: Arrays, scalars: dict[str, Any], info: SDXLInfo,
     guide = image_guide(arrays, params, noise)
     if guide is not None:  # img2img strength: start part-way down the schedule
         scheduler.set_begin_index(start_step(params.steps, params.strength))
-    run = len(scheduler.timesteps) - (scheduler.begin_index or 0)
-    guided = guided_steps(run, params.guidance_scale, params.guidance_cutoff)
-    return denoise_steps(scheduler, noise, cond, guided, params.guidance_scale, guide)
+    steps_that_run = len(scheduler.timesteps) - (scheduler.begin_index or 0)
+    cfg_steps = guided_steps(steps_that_run, params.guidance_scale, params.guidance_cutoff)
+    return denoise_steps(scheduler, noise, cond, cfg_steps, params.guidance_scale, guide)
