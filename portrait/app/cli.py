@@ -268,6 +268,7 @@ def cmd_serve(args) -> int:
     """tritonserver under the supervisor (portrait/serving/server.py: watchdog, truthful health, drain on SIGTERM)."""
     import dataclasses as dc
 
+    from portrait.logs import setup_logging
     from portrait.serving.server import Supervisor, TritonServer
     from portrait.settings import get_settings
 
@@ -280,6 +281,7 @@ def cmd_serve(args) -> int:
               f"model-repository, shared-memory, logging and trace APIs need the X-Portrait-Key header "
               f"({'PORTRAIT_API_KEY' if settings.api_key else 'a random key: set PORTRAIT_API_KEY to use them'}); "
               f"Ctrl-C / SIGTERM drains and stops")
+    setup_logging("portrait serve", sys.stdout)  # the supervisor's lines; tritonserver's own log is `server.log_path`
     supervisor = Supervisor(server, settings.health_port, exit_on_failure=args.exit_on_failure, banner=banner)
     return supervisor.run()
 

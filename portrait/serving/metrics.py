@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-log = logging.getLogger("portrait")
+log = logging.getLogger("portrait.metrics")
 
 OUTCOMES = ("success", "invalid_arg", "cancelled", "unavailable", "internal")
 # seconds: a text encoding on a GPU (~10 ms) up to a full portrait on CPU (minutes)

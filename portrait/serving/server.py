@@ -448,18 +448,17 @@ class Supervisor:
 
     def __init__(self, server: TritonServer, health_port: int, exit_on_failure: bool = False, poll: float = 0.5,
                  probe_every: float = 5.0, probe_timeout: float = 10.0, start_timeout: float = 600.0,
-                 out=sys.stdout, banner: str = ""):
+                 banner: str = ""):
         self.server, self.health_port, self.exit_on_failure = server, health_port, exit_on_failure
         self.poll, self.probe_every, self.probe_timeout, self.start_timeout = poll, probe_every, probe_timeout, start_timeout
         self.health = Health()
         self.signals: list[int] = []
         self.restarts = 0
-        self.out = out
         self.http: ThreadingHTTPServer | None = None
         self.banner = banner  # printed once, after the first ready line
 
     def say(self, message: str) -> None:
-        print(f"[portrait serve] {message}", file=self.out, flush=True)
+        logger.info(message)
 
     def install_signal_handlers(self) -> None:
         # lock-free: the handler only appends (an Event.set in a handler can deadlock on a second signal)

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import queue
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,29 +23,19 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from portrait.errors import Cancelled, InvalidInput, ModelSetError, PortraitError, Unavailable
+from portrait.logs import LOGGER, setup_logging
 from portrait.serving import metrics
 
-log = logging.getLogger("portrait")
+log = logging.getLogger(LOGGER)
 INTERNAL_PARAMETER = "portrait_internal"  # set on every BLS request: child work of an accepted request
 _model: str | None = None
-
-
-def setup_logging() -> None:
-    """The one logger setup of the models: `portrait` to stderr, which the stub shares with tritonserver's log."""
-    if log.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s portrait[{model_name()}] %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 def setup(args: dict) -> None:
     """Call first in initialize: names this process's model for metrics and logs."""
     global _model
     _model = args.get("model_name") or _model
-    setup_logging()
+    setup_logging(f"portrait[{model_name()}]")  # stderr, which the stub shares with tritonserver's log
 
 
 def model_name() -> str:

@@ -6,7 +6,6 @@ The soak (`make soak`) is marked `soak`, which the default run deselects (pyproj
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -361,7 +360,7 @@ class FakeServer:
 
 
 def supervise(server, **kwargs) -> tuple[Supervisor, threading.Thread, dict]:
-    supervisor = Supervisor(server, free_port(), poll=0.02, probe_every=0.05, out=io.StringIO(), **kwargs)
+    supervisor = Supervisor(server, free_port(), poll=0.02, probe_every=0.05, **kwargs)
     supervisor.install_signal_handlers = lambda: None  # the test thread is not the main thread
     result: dict = {}
     thread = threading.Thread(target=lambda: result.setdefault("code", supervisor.run()), daemon=True)
