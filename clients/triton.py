@@ -12,22 +12,16 @@ import numpy as np
 
 from portrait.diffusion.trigger import text_only_prompt
 from portrait.errors import Cancelled, InvalidInput, PortraitError, ServerError, Unavailable
-from portrait.params import DetailParams, Stage1Params, check_id_images
+from portrait.params import MODELS, DetailParams, Stage1Params, check_id_images, detail_params_for, stage1_params_for
 
-# Triton datatype of each stage1 field (the config.pbtxt is the contract; this mirrors it)
-STAGE1_TYPES = {
-    "prompt": "BYTES", "negative_prompt": "BYTES", "width": "INT32", "height": "INT32", "steps": "INT32",
-    "guidance_scale": "FP32", "guidance_cutoff": "FP32", "seed": "INT64", "batch_size": "INT32",
-}
+# Triton datatype of each request field, from the schema (portrait/params.py; tests/unit/test_schema.py checks the
+# config.pbtxt files against it)
+STAGE1_TYPES = MODELS["stage1"].types
+DETAIL_TYPES = MODELS["face_detailer"].types
+PORTRAIT_STAGE1 = MODELS["portrait"].fields_of(Stage1Params)  # the portrait model's fields read from the Stage1Params
+PORTRAIT_DETAIL = tuple(n for n in MODELS["portrait"].fields if n not in PORTRAIT_STAGE1)  # ... and stage 2's own
 FIELD_ERROR = re.compile(r"([A-Za-z_]+): (.*)", re.S)  # the models' InvalidInput form: "field: limit"
 NUMPY_TYPES = {"BOOL": np.bool_, "BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
-
-
-DETAIL_TYPES = {
-    "prompt": "BYTES", "negative_prompt": "BYTES", "steps": "INT32", "guidance_scale": "FP32", "guidance_cutoff": "FP32",
-    "seed": "INT64", "strength": "FP32", "max_faces": "INT32", "margin": "FP32", "work_size": "INT32",
-    "style_strength": "FP32",
-}
 
 
 @dataclass(frozen=True)
@@ -102,6 +96,16 @@ def identity_arrays(faces: list[bytes] | None) -> dict[str, tuple[str, np.ndarra
     array = np.empty(len(faces), dtype=np.object_)
     array[:] = [bytes(f) for f in faces]
     return {"id_images": ("BYTES", array)}
+
+
+def check_portrait_request(params: Stage1Params, detail: DetailParams | None, faces: list[bytes] | None) -> None:
+    """The `portrait` model's rules, checked before anything travels."""
+    if params.batch_size != 1:
+        raise InvalidInput("batch_size", "the portrait model makes one image per request")
+    if faces and detail is None:
+        raise InvalidInput("id_images", "need stage 2 (detail): identity is injected there")
+    if faces:
+        text_only_prompt(params.prompt)
 
 
 def encode_value(datatype: str, value) -> np.ndarray:
@@ -204,19 +208,14 @@ class TritonClient:
                  cancel: threading.Event | None = None, faces: list[bytes] | None = None) -> PortraitOutput:
         """Stage 1 then (unless `detail` is None) stage 2, streaming (stage, step, num_steps) to `progress`.
         Stage 2 takes its strength / max_faces / margin / work_size / style_strength from `detail`; the rest from
-        `params`. `faces`: encoded identity photos (PhotoMaker V2, needs stage 2); the prompt then holds
-        "<class word> img" and stage 1 runs on the prompt without the trigger word.
+        `params` (detail_params_for). `faces`: encoded identity photos (PhotoMaker V2, needs stage 2); the prompt then
+        holds "<class word> img" and stage 1 runs on the prompt without the trigger word.
         Setting `cancel` stops the request on the server within a step and raises Cancelled here."""
-        if params.batch_size != 1:
-            raise InvalidInput("batch_size", "the portrait model makes one image per request")
-        if faces and detail is None:
-            raise InvalidInput("id_images", "need stage 2 (detail): identity is injected there")
-        if faces:
-            text_only_prompt(params.prompt)
-        arrays = field_arrays(params, STAGE1_TYPES, [n for n in STAGE1_TYPES if n != "batch_size"])
+        check_portrait_request(params, detail, faces)
+        arrays = field_arrays(params, STAGE1_TYPES, PORTRAIT_STAGE1)
         arrays["detail"] = ("BOOL", np.array([detail is not None]))
         if detail is not None:
-            arrays.update(field_arrays(detail, DETAIL_TYPES, ("strength", "max_faces", "margin", "work_size", "style_strength")))
+            arrays.update(field_arrays(detail, DETAIL_TYPES, PORTRAIT_DETAIL))
         arrays.update(identity_arrays(faces))
         final = {}
         stream = self.stream("portrait", arrays, ["stage", "step", "num_steps", *PORTRAIT_RESULTS])
@@ -231,6 +230,23 @@ class TritonClient:
             stream.close()  # on any early exit (cancel, an exception in `progress`) this cancels the server's request
         return PortraitOutput(final["base_image"], final["mask"], final["image"], final["boxes"], int(final["seed"][0]),
                               int(final["truncated_tokens"][0]))
+
+    def portrait_in_two_requests(self, params: Stage1Params, detail: DetailParams | None,
+                                 faces: list[bytes] | None = None) -> PortraitOutput:
+        """What the `portrait` model does, as two plain requests (stage1, then face_detailer on its PNG), for HTTP,
+        which has no streaming: the same checks, the same stage-1 prompt and the same stage-2 params (the rules are
+        params.stage1_params_for and params.detail_params_for, which the portrait model calls too)."""
+        from portrait.images import encode_png
+
+        check_portrait_request(params, detail, faces)
+        first = self.stage1(stage1_params_for(params, with_identity=bool(faces)))
+        base, truncated = first.images[0], first.truncated_tokens
+        if detail is None:
+            return PortraitOutput(base, np.zeros(base.shape[:2], np.uint8), base, np.zeros((0, 4), np.float32),
+                                  params.seed, truncated)
+        stage2 = detail_params_for(params, **{n: getattr(detail, n) for n in PORTRAIT_DETAIL})
+        out = self.detail(encode_png(base), stage2, faces)
+        return PortraitOutput(base, out.mask, out.image, out.boxes, params.seed, truncated)
 
     def model_statistics(self, model: str) -> dict:
         """Triton's inference statistics for one model as a plain dict (both protocols)."""

@@ -1,11 +1,17 @@
 """Request parameters: frozen dataclasses validated once, at the boundary (cf. diffusers' check_inputs).
 
-Every limit lives here; the Triton models, the clients and the front ends all read it from here,
-so a value the UI accepts is a value the server accepts.
+These dataclasses are the request schema. Each request field is declared once, with `request_field`: its default,
+its Triton datatype and its limits. Everything else is derived from them: the Triton models' input names
+(`model_fields`), the clients' datatypes (`triton_types`), the CLI's and the UI's defaults (`field_defaults`), the
+sweep's keys; tests/unit/test_schema.py checks the config.pbtxt files against `MODELS`. So a value the UI accepts
+is a value the server accepts, and a new parameter is one new line here (plus its config.pbtxt input).
+
+Torch- and numpy-free at import: the UI and the light BLS processes import it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass
@@ -21,26 +27,89 @@ GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 BATCH_MIN, BATCH_MAX = 1, 8
 SEED_MAX = 2**63 - 1
 MAX_IMAGE_PIXELS = 4096 * 4096  # larger images and uploads are rejected (uploads before decoding)
+MAX_FACES_LIMIT = 8  # the VAE models batch up to 8 crops; the UNet 16 rows (CFG)
+MARGIN_MIN, MARGIN_MAX = 0.0, 2.0
+STRENGTH_MIN, STRENGTH_MAX = 0.0, 1.0  # img2img strength; it must also run one step (check_strength)
+
+# identity (PhotoMaker V2)
+MAX_ID_IMAGES = 4  # identity photos per request (PhotoMaker's demo takes up to 4 or so; each adds 2 prompt tokens)
+STYLE_STRENGTH_MIN, STYLE_STRENGTH_MAX = 0.0, 100.0
+
+TRITON_TYPES = ("BYTES", "INT32", "INT64", "FP32")  # a request field is one scalar of one of these (dims [1])
+
+
+# --- the schema ------------------------------------------------------------------------------------------------------
+
+def request_field(default: Any = MISSING, *, triton: str, limits: tuple | None = None, multiple: int | None = None):
+    """A request field: its `default` (none: required), its Triton datatype, and for numbers its inclusive `limits`
+    (lo, hi) and the `multiple` it must be of. BYTES fields are prompts (check_prompt)."""
+    if triton not in TRITON_TYPES:
+        raise ValueError(f"triton must be one of {TRITON_TYPES}, got {triton!r}")
+    if (triton == "BYTES") != (limits is None):
+        raise ValueError("numbers need limits; texts (BYTES) have none")
+    metadata = {"triton": triton, "limits": limits, "multiple": multiple}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _request_specs(cls) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if "triton" in f.metadata]
+
+
+def request_fields(cls) -> tuple[str, ...]:
+    """The request field names of a params class (instance or class), in declaration order."""
+    return tuple(f.name for f in _request_specs(cls))
+
+
+def triton_types(cls) -> dict[str, str]:
+    """{field name: Triton datatype} of a params class's request fields."""
+    return {f.name: f.metadata["triton"] for f in _request_specs(cls)}
+
+
+def field_defaults(cls) -> dict[str, Any]:
+    """{field name: default} of the request fields that have one (the others are required)."""
+    return {f.name: f.default for f in _request_specs(cls) if f.default is not MISSING}
+
+
+def field_limits(cls, name: str) -> tuple:
+    """The inclusive (lo, hi) of a numeric request field."""
+    return next(f.metadata["limits"] for f in _request_specs(cls) if f.name == name)
+
+
+def limits_text(cls, name: str) -> str:
+    """'[lo, hi]' as the error messages write it (for help texts)."""
+    lo, hi = field_limits(cls, name)
+    return f"[{lo:g}, {hi:g}]" if isinstance(lo, float) else f"[{lo}, {hi}]"
+
+
+def check_request_fields(params) -> None:
+    """Every request field against its declaration, in declaration order: texts by check_prompt (required when the
+    field has no default), numbers by their limits (and multiple)."""
+    for spec in _request_specs(params):
+        name, value = spec.name, getattr(params, spec.name)
+        kind, limits, multiple = spec.metadata["triton"], spec.metadata["limits"], spec.metadata["multiple"]
+        if kind == "BYTES":
+            check_prompt(name, value, required=spec.default is MISSING)
+        elif kind == "FP32":
+            check_float_range(name, value, *limits)
+        else:
+            check_int_range(name, value, *limits)
+        if multiple and value % multiple:
+            raise InvalidInput(name, f"must be a multiple of {multiple} in [{limits[0]}, {limits[1]}], got {value}")
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """What every diffusion request has: the text, the schedule, guidance and the seed."""
 
-    prompt: str
-    negative_prompt: str = ""
-    steps: int = 10
-    guidance_scale: float = 5.0
-    guidance_cutoff: float = 0.2
-    seed: int = 0
+    prompt: str = request_field(triton="BYTES")
+    negative_prompt: str = request_field("", triton="BYTES")
+    steps: int = request_field(10, triton="INT32", limits=(STEPS_MIN, STEPS_MAX))
+    guidance_scale: float = request_field(5.0, triton="FP32", limits=(GUIDANCE_MIN, GUIDANCE_MAX))
+    guidance_cutoff: float = request_field(0.2, triton="FP32", limits=(0.0, 1.0))  # fraction of final steps without CFG
+    seed: int = request_field(0, triton="INT64", limits=(0, SEED_MAX))
 
     def __post_init__(self):
-        check_prompt("prompt", self.prompt, required=True)
-        check_prompt("negative_prompt", self.negative_prompt, required=False)
-        check_int_range("steps", self.steps, STEPS_MIN, STEPS_MAX)
-        check_float_range("guidance_scale", self.guidance_scale, GUIDANCE_MIN, GUIDANCE_MAX)
-        check_float_range("guidance_cutoff", self.guidance_cutoff, 0.0, 1.0)
-        check_int_range("seed", self.seed, 0, SEED_MAX)
+        check_request_fields(self)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None):
@@ -56,15 +125,13 @@ class SamplingParams:
 class Stage1Params(SamplingParams):
     """Text-to-image request. `batch_size` images use seeds seed, seed+1, ... (one generator each)."""
 
-    width: int = 1024
-    height: int = 1024
-    batch_size: int = 1
+    # the models' default is the checkpoint's native size (read_sdxl_info(...).default_size), 1024 for SDXL
+    width: int = request_field(1024, triton="INT32", limits=(SIZE_MIN, SIZE_MAX), multiple=SIZE_MULTIPLE)
+    height: int = request_field(1024, triton="INT32", limits=(SIZE_MIN, SIZE_MAX), multiple=SIZE_MULTIPLE)
+    batch_size: int = request_field(1, triton="INT32", limits=(BATCH_MIN, BATCH_MAX))
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("width", "height"):
-            check_size(name, getattr(self, name))
-        check_int_range("batch_size", self.batch_size, BATCH_MIN, BATCH_MAX)
         check_seed_offsets(self.seed, self.batch_size, "batch_size")
 
     @property
@@ -72,10 +139,101 @@ class Stage1Params(SamplingParams):
         return [self.seed + i for i in range(self.batch_size)]
 
 
+@dataclass(frozen=True)
+class DetailParams(SamplingParams):
+    """Stage 2 on one image: every face (largest first, up to `max_faces`) re-diffused at `work_size`; face i uses seed + i."""
+
+    # img2img strength of the face pass: the last int(steps * strength) steps run
+    strength: float = request_field(0.6, triton="FP32", limits=(STRENGTH_MIN, STRENGTH_MAX))
+    max_faces: int = request_field(4, triton="INT32", limits=(1, MAX_FACES_LIMIT))
+    # added around the face box on every side, as a fraction of its larger side
+    margin: float = request_field(0.35, triton="FP32", limits=(MARGIN_MIN, MARGIN_MAX))
+    # the crop is magnified to this square; the models' default is the checkpoint's native size
+    work_size: int = request_field(1024, triton="INT32", limits=(SIZE_MIN, SIZE_MAX), multiple=SIZE_MULTIPLE)
+    # identity only: % of the steps run on the text alone before the identity merges in
+    style_strength: float = request_field(20.0, triton="FP32", limits=(STYLE_STRENGTH_MIN, STYLE_STRENGTH_MAX))
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_strength(self.steps, self.strength)
+        check_seed_offsets(self.seed, self.max_faces, "max_faces")
+
+
+# --- the models' inputs: which params each public model takes, and its inputs that are not parameters -----------------
+
+@dataclass(frozen=True)
+class ModelInput:
+    """A config.pbtxt input that is not a request parameter (an image, a switch); `batched`: dims [-1], else [1]."""
+
+    name: str
+    triton: str  # Triton datatype, as a client names it (BYTES for TYPE_STRING)
+    optional: bool = True
+    batched: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSchema:
+    """A public model's request: the request fields of `params` (in order, each once) but `omitted`, plus `extra`."""
+
+    params: tuple[type, ...]
+    extra: tuple[ModelInput, ...] = ()
+    omitted: tuple[str, ...] = ()
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        names = dict.fromkeys(name for cls in self.params for name in request_fields(cls))
+        return tuple(n for n in names if n not in self.omitted)
+
+    def fields_of(self, cls) -> tuple[str, ...]:
+        """The model's fields that `cls` declares (the fields a server reads into `cls`)."""
+        declared = request_fields(cls)
+        return tuple(n for n in self.fields if n in declared)
+
+    @property
+    def types(self) -> dict[str, str]:
+        merged = {k: v for cls in self.params for k, v in triton_types(cls).items()}
+        return {n: merged[n] for n in self.fields}
+
+
+IDENTITY_INPUT = ModelInput("id_images", "BYTES", batched=True)  # encoded identity photos (PhotoMaker V2)
+MODELS = {
+    "stage1": ModelSchema((Stage1Params,)),
+    "face_detailer": ModelSchema((DetailParams,), (ModelInput("image", "BYTES", optional=False), IDENTITY_INPUT)),
+    # one image per request (batch_size omitted); stage 2 takes the sampling fields from stage 1 (detail_params_for),
+    # so only its own fields travel besides; `detail` false skips stage 2
+    "portrait": ModelSchema((Stage1Params, DetailParams), (ModelInput("detail", "BOOL"), IDENTITY_INPUT),
+                            omitted=("batch_size",)),
+}
+
+
+def model_fields(model: str) -> tuple[str, ...]:
+    """The request fields a public model reads (its FIELDS)."""
+    return MODELS[model].fields
+
+
+def detail_params_for(base: SamplingParams, **stage2: Any) -> DetailParams:
+    """Stage 2 of a portrait: the sampling fields (prompt, negative prompt, steps, guidance, seed) are stage 1's;
+    `stage2` holds stage 2's own fields (strength, max_faces, margin, work_size, style_strength), the rest default.
+    The `portrait` model, its HTTP twin in the client, the CLI, the UI and sweeps all build stage 2 by this rule."""
+    shared = {name: getattr(base, name) for name in request_fields(SamplingParams)}
+    return DetailParams(**shared, **stage2)
+
+
+def stage1_params_for(base: Stage1Params, with_identity: bool) -> Stage1Params:
+    """What stage 1 runs: with identity photos, the prompt without its trigger word (identity goes into stage 2 only)."""
+    if not with_identity:
+        return base
+    from portrait.diffusion.trigger import text_only_prompt
+
+    return dataclasses.replace(base, prompt=text_only_prompt(base.prompt))
+
+
 def negative_is_zeros(negative_prompt: str, force_zeros_for_empty_prompt: bool) -> bool:
     """diffusers' SDXL rule: an empty negative prompt is zero embeddings when the checkpoint says so."""
     return not negative_prompt and force_zeros_for_empty_prompt
 
+
+# --- checks ----------------------------------------------------------------------------------------------------------
 
 def check_prompt(name: str, value: Any, *, required: bool) -> None:
     if not isinstance(value, str):
@@ -152,7 +310,7 @@ def check_latents(name: str, latents: Any, channels: int, factor: int) -> None:
 
 def check_strength(steps: int, strength: Any) -> None:
     """img2img strength in [0, 1] that runs at least one of `steps` (int(steps * strength) >= 1)."""
-    check_float_range("strength", strength, 0.0, 1.0)
+    check_float_range("strength", strength, STRENGTH_MIN, STRENGTH_MAX)
     if int(steps * strength) < 1:
         raise InvalidInput("strength", f"runs no step: steps x strength must be >= 1, got {steps} x {strength:g}")
 
@@ -161,6 +319,11 @@ def check_size(name: str, value: Any) -> None:
     check_int_range(name, value, SIZE_MIN, SIZE_MAX)
     if value % SIZE_MULTIPLE:
         raise InvalidInput(name, f"must be a multiple of {SIZE_MULTIPLE} in [{SIZE_MIN}, {SIZE_MAX}], got {value}")
+
+
+def check_id_images(count: int, limit: int = MAX_ID_IMAGES) -> None:
+    if count > limit:
+        raise InvalidInput("id_images", f"at most {limit} identity photos, got {count}")
 
 
 @dataclass(frozen=True)
@@ -185,40 +348,3 @@ class DenoiseParams:
         for seed in self.seeds:
             check_int_range("seeds", seed, 0, SEED_MAX)
         check_strength(self.steps, self.strength)
-
-
-MAX_FACES_LIMIT = 8  # the VAE models batch up to 8 crops; the UNet 16 rows (CFG)
-MARGIN_MIN, MARGIN_MAX = 0.0, 2.0
-
-# identity (PhotoMaker V2)
-MAX_ID_IMAGES = 4  # identity photos per request (PhotoMaker's demo takes up to 4 or so; each adds 2 prompt tokens)
-STYLE_STRENGTH_MIN, STYLE_STRENGTH_MAX = 0.0, 100.0
-
-
-
-
-def check_id_images(count: int, limit: int = MAX_ID_IMAGES) -> None:
-    if count > limit:
-        raise InvalidInput("id_images", f"at most {limit} identity photos, got {count}")
-
-
-
-
-@dataclass(frozen=True)
-class DetailParams(SamplingParams):
-    """Stage 2 on one image: every face (largest first, up to `max_faces`) re-diffused at `work_size`; face i uses seed + i."""
-
-    strength: float = 0.6  # img2img strength of the face pass: the last int(steps * strength) steps run
-    max_faces: int = 4
-    margin: float = 0.35  # added around the face box on every side, as a fraction of its larger side
-    work_size: int = 1024  # the crop is magnified to this square (the checkpoint's native size by default)
-    style_strength: float = 20.0  # identity only: % of the steps run on the text alone before the identity merges in
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_strength(self.steps, self.strength)
-        check_float_range("style_strength", self.style_strength, STYLE_STRENGTH_MIN, STYLE_STRENGTH_MAX)
-        check_int_range("max_faces", self.max_faces, 1, MAX_FACES_LIMIT)
-        check_float_range("margin", self.margin, MARGIN_MIN, MARGIN_MAX)
-        check_size("work_size", self.work_size)
-        check_seed_offsets(self.seed, self.max_faces, "max_faces")

@@ -12,7 +12,10 @@ from portrait.diffusion.trigger import TRIGGER_WORD, text_only_prompt
 from portrait.errors import Cancelled, InvalidInput, PortraitError
 from ui.common import get_client, get_store, native_size, sample_faces, show_error, upright
 
-SEED_UI_MAX = min(P.SEED_MAX, 2**53 - 1)  # a browser number holds 53 bits exactly
+# the widgets' limits and defaults are the schema's (portrait/params.py), but where noted
+BASE, DETAIL = P.field_defaults(P.Stage1Params), P.field_defaults(P.DetailParams)
+SEED_UI_MAX = min(P.field_limits(P.Stage1Params, "seed")[1], 2**53 - 1)  # a browser number holds 53 bits exactly
+STRENGTH_UI_MIN = 0.05  # not the schema's 0: a strength that runs no step is refused (steps x strength >= 1)
 
 st.title("Create a portrait")
 
@@ -84,17 +87,23 @@ st.text_area("Negative prompt", key="negative_prompt", height=68)
 # parameters, with the server's limits
 with st.expander("Parameters", expanded=True):
     c = st.columns(4)
-    steps = c[0].number_input("Steps", P.STEPS_MIN, P.STEPS_MAX, 10, key="steps")
-    guidance = c[1].number_input("Guidance", P.GUIDANCE_MIN, P.GUIDANCE_MAX, 5.0, step=0.5, key="guidance")
-    style = c[2].number_input("Identity style strength %", P.STYLE_STRENGTH_MIN, P.STYLE_STRENGTH_MAX, 20.0, step=5.0,
-                              key="style_strength", help="steps run on the text alone before the identity merges in")
-    strength = c[3].number_input("Stage-2 strength", 0.05, 1.0, 0.6, step=0.05, key="strength",
-                                 help="how far the face is re-noised")
+    steps = c[0].number_input("Steps", *P.field_limits(P.Stage1Params, "steps"), BASE["steps"], key="steps")
+    guidance = c[1].number_input("Guidance", *P.field_limits(P.Stage1Params, "guidance_scale"), BASE["guidance_scale"],
+                                 step=0.5, key="guidance")
+    style = c[2].number_input("Identity style strength %", *P.field_limits(P.DetailParams, "style_strength"),
+                              DETAIL["style_strength"], step=5.0, key="style_strength",
+                              help="steps run on the text alone before the identity merges in")
+    strength = c[3].number_input("Stage-2 strength", STRENGTH_UI_MIN, P.field_limits(P.DetailParams, "strength")[1],
+                                 DETAIL["strength"], step=0.05, key="strength", help="how far the face is re-noised")
     c = st.columns(4)
-    seed = c[0].number_input("Seed", 0, SEED_UI_MAX, 0, key="seed")
-    width = c[1].number_input("Width", P.SIZE_MIN, P.SIZE_MAX, native_size(), step=P.SIZE_MULTIPLE, key="width")
-    height = c[2].number_input("Height", P.SIZE_MIN, P.SIZE_MAX, native_size(), step=P.SIZE_MULTIPLE, key="height")
-    count = c[3].number_input("Images", P.BATCH_MIN, P.BATCH_MAX, 1, key="count")
+    seed = c[0].number_input("Seed", P.field_limits(P.Stage1Params, "seed")[0], SEED_UI_MAX, BASE["seed"], key="seed")
+    # the size's default is the checkpoint's native size (as the server's), not the schema's 1024
+    width = c[1].number_input("Width", *P.field_limits(P.Stage1Params, "width"), native_size(), step=P.SIZE_MULTIPLE,
+                              key="width")
+    height = c[2].number_input("Height", *P.field_limits(P.Stage1Params, "height"), native_size(), step=P.SIZE_MULTIPLE,
+                               key="height")
+    # one portrait request per image (the portrait model makes one), as many as a batch may hold
+    count = c[3].number_input("Images", *P.field_limits(P.Stage1Params, "batch_size"), BASE["batch_size"], key="count")
 
 
 def checked_params() -> tuple[P.Stage1Params, P.DetailParams, int]:
@@ -102,10 +111,8 @@ def checked_params() -> tuple[P.Stage1Params, P.DetailParams, int]:
     prompt = st.session_state.prompt
     base = P.Stage1Params(prompt=prompt, negative_prompt=st.session_state.negative_prompt, width=int(width),
                           height=int(height), steps=int(steps), guidance_scale=float(guidance), seed=int(seed))
-    detail = P.DetailParams(prompt=prompt, negative_prompt=base.negative_prompt, steps=base.steps,
-                            guidance_scale=base.guidance_scale, seed=base.seed, strength=float(strength),
-                            style_strength=float(style), work_size=native_size())
-    P.check_int_range("images", int(count), P.BATCH_MIN, P.BATCH_MAX)
+    detail = P.detail_params_for(base, strength=float(strength), style_strength=float(style), work_size=native_size())
+    P.check_int_range("images", int(count), *P.field_limits(P.Stage1Params, "batch_size"))
     if faces:
         P.check_id_images(len(faces))
         text_only_prompt(prompt)

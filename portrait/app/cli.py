@@ -10,11 +10,40 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from portrait.errors import InvalidInput, PortraitError
-from portrait.images import encode_png
+
+SCHEMA_DEFAULT = object()  # add_field_argument: the dataclass's default
+PYTHON_TYPES = {"BYTES": str, "INT32": int, "INT64": int, "FP32": float}
+
+
+def add_field_argument(p, cls, name: str, help: str, flag: str | None = None, default=SCHEMA_DEFAULT,
+                       default_help: str | None = None, **kwargs) -> None:
+    """An option for request field `name` of params class `cls`, read into args.<name>: its type, default and limits
+    from the schema (portrait/params.py), the limits and the default written into `help`."""
+    from portrait import params as P
+
+    datatype = P.triton_types(cls)[name]
+    default = P.field_defaults(cls).get(name) if default is SCHEMA_DEFAULT else default
+    flag = flag or "--" + name.replace("_", "-")
+    if datatype != "BYTES":  # "{limits}" in `help` places them; else they go at its end
+        limits = P.limits_text(cls, name)
+        help = help.format(limits=limits) if "{limits}" in help else f"{help} in {limits}"
+    if default_help is not None:
+        help += f" (default: {default_help})"
+    elif default not in (None, ""):
+        help += " (default: %(default)s)"
+    p.add_argument(flag, dest=name, metavar=flag[2:].replace("-", "_").upper(), type=PYTHON_TYPES[datatype],
+                   default=default, help=help, **kwargs)
+
+
+def add_sampling_arguments(p, cls, seed_help: str) -> None:
+    """What every diffusion request has (SamplingParams) but the prompts."""
+    add_field_argument(p, cls, "steps", "denoising steps (Align-Your-Steps schedule)")
+    add_field_argument(p, cls, "guidance_scale", "CFG scale in {limits}; <= 1 disables CFG", flag="--guidance")
+    add_field_argument(p, cls, "guidance_cutoff", "fraction of final steps without CFG")
+    add_field_argument(p, cls, "seed", seed_help)
 
 
 def add_stage1_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,16 +52,25 @@ def add_stage1_arguments(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="SDXL prompt")
     source.add_argument("--idea", help="a short idea ('corporate confidence'): the prompt agent writes the prompt")
-    p.add_argument("--negative-prompt", default=None, help="negative prompt (empty: zero embeddings, as SDXL; "
-                   "with --idea: the agent's unless given)")
-    p.add_argument("--width", type=int, default=None, help=f"multiple of {P.SIZE_MULTIPLE} in [{P.SIZE_MIN}, {P.SIZE_MAX}] "
-                   "(default: the model's native size)")
-    p.add_argument("--height", type=int, default=None, help="as --width")
-    p.add_argument("--steps", type=int, default=10, help=f"[{P.STEPS_MIN}, {P.STEPS_MAX}], Align-Your-Steps schedule")
-    p.add_argument("--guidance", type=float, default=5.0, help=f"CFG scale [{P.GUIDANCE_MIN:g}, {P.GUIDANCE_MAX:g}]; <= 1 disables CFG")
-    p.add_argument("--guidance-cutoff", type=float, default=0.2, help="fraction of final steps without CFG [0, 1]")
-    p.add_argument("--seed", type=int, default=0, help="image i of the batch uses seed + i")
-    p.add_argument("--batch-size", type=int, default=1, help=f"[{P.BATCH_MIN}, {P.BATCH_MAX}]")
+    # None, not the schema's "": with --idea the agent's negative prompt is used unless one is given
+    add_field_argument(p, P.Stage1Params, "negative_prompt", "negative prompt (empty: zero embeddings, as SDXL; "
+                       "with --idea: the agent's unless given)", default=None)
+    # None, not the schema's 1024: the checkpoint's native size (as the server's default)
+    for name in ("width", "height"):
+        add_field_argument(p, P.Stage1Params, name, f"multiple of {P.SIZE_MULTIPLE}", default=None,
+                           default_help="the model's native size")
+    add_sampling_arguments(p, P.Stage1Params, "in {limits}; image i of the batch uses seed + i")
+    add_field_argument(p, P.Stage1Params, "batch_size", "images, one generator each")
+
+
+def add_stage2_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """Stage 2's own fields (DetailParams) but work_size."""
+    from portrait import params as P
+
+    add_field_argument(p, P.DetailParams, "strength", prefix + "how far the faces are re-noised in {limits} (the last "
+                       "steps x strength steps run)")
+    add_field_argument(p, P.DetailParams, "max_faces", f"{prefix}largest faces first")
+    add_field_argument(p, P.DetailParams, "margin", f"{prefix}context around each face, fraction of its size")
 
 
 def add_identity_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,23 +80,31 @@ def add_identity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--face", type=Path, action="append", default=[], metavar="PHOTO",
                    help=f"identity photo (repeat, up to {P.MAX_ID_IMAGES}): PhotoMaker V2 puts this person's identity "
                         f"into the detailed face; the prompt must then hold '<class word> {TRIGGER_WORD}'")
-    p.add_argument("--style-strength", type=float, default=20.0,
-                   help=f"identity: %% of the stage-2 steps run on the text alone before the identity merges in "
-                        f"[{P.STYLE_STRENGTH_MIN:g}, {P.STYLE_STRENGTH_MAX:g}] (PhotoMaker's start_merge_step; higher: "
-                        f"more style, less likeness)")
+    add_field_argument(p, P.DetailParams, "style_strength",
+                       "identity: %% of the stage-2 steps run on the text alone before the identity merges in "
+                       "(PhotoMaker's start_merge_step; higher: more style, less likeness)")
+
+
+def read_input(path: Path, field: str) -> bytes:
+    """A file the user named, or InvalidInput naming the request field it is for."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise InvalidInput(field, f"cannot be read ({path}): {error.strerror}") from None
 
 
 def read_faces(paths: list[Path]) -> list[bytes]:
     from portrait.params import check_id_images
 
     check_id_images(len(paths))
-    faces = []
-    for path in paths:
-        try:
-            faces.append(path.read_bytes())
-        except OSError as error:
-            raise InvalidInput("id_images", f"{path} cannot be read: {error.strerror}") from None
-    return faces
+    return [read_input(path, "id_images") for path in paths]
+
+
+def request_values(args, cls, *skip: str) -> dict:
+    """args.<field> for each request field of `cls` (add_field_argument's dests) but `skip`."""
+    from portrait.params import request_fields
+
+    return {name: getattr(args, name) for name in request_fields(cls) if name not in skip}
 
 
 @contextlib.contextmanager
@@ -83,40 +129,29 @@ def server_client(url: str | None, protocol: str):
 
 
 def generate_one(client, params, detail, protocol: str, faces: list[bytes] | None = None):
-    """One portrait: the streaming `portrait` model with a progress bar (gRPC), or stage1 + face_detailer (HTTP)."""
-    from clients import PortraitOutput
+    """One portrait: the streaming `portrait` model with a progress bar (gRPC), or the same two stages as plain
+    requests (HTTP has no streaming; TritonClient.portrait_in_two_requests)."""
+    if protocol != "grpc":
+        return client.portrait_in_two_requests(params, detail, faces)
+    from tqdm import tqdm
 
-    if protocol == "grpc":
-        from tqdm import tqdm
+    bars: dict = {}
 
-        bars: dict = {}
+    def progress(stage: str, step: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=f"{stage:>6}", unit="step", leave=True, file=sys.stderr)
+        bars[stage].update(step - bars[stage].n)
 
-        def progress(stage: str, step: int, total: int) -> None:
-            if stage not in bars:
-                bars[stage] = tqdm(total=total, desc=f"{stage:>6}", unit="step", leave=True, file=sys.stderr)
-            bars[stage].update(step - bars[stage].n)
-
-        try:
-            return client.portrait(params, detail, progress, faces=faces)
-        finally:
-            for bar in bars.values():
-                bar.close()
-    if faces:
-        from portrait.diffusion.trigger import text_only_prompt
-
-        params = dataclasses.replace(params, prompt=text_only_prompt(params.prompt))  # stage 1 has no identity
-    first = client.stage1(params)  # HTTP has no streaming: the same two stages as plain requests
-    base, truncated = first.images[0], first.truncated_tokens
-    if detail is None:
-        return PortraitOutput(base, np.zeros(base.shape[:2], np.uint8), base, np.zeros((0, 4), np.float32), params.seed,
-                              truncated)
-    out = client.detail(encode_png(base), detail, faces)
-    return PortraitOutput(base, out.mask, out.image, out.boxes, params.seed, truncated)
+    try:
+        return client.portrait(params, detail, progress, faces=faces)
+    finally:
+        for bar in bars.values():
+            bar.close()
 
 
 def cmd_generate(args) -> int:
     from portrait.models.checkpoint import read_sdxl_info
-    from portrait.params import DetailParams, Stage1Params
+    from portrait.params import DetailParams, Stage1Params, detail_params_for
     from portrait.settings import get_settings
 
     size = read_sdxl_info(get_settings().sdxl_dir).default_size
@@ -135,16 +170,12 @@ def cmd_generate(args) -> int:
             raise InvalidInput("idea", str(error)) from None
         prompt, negative = agent.prompt, agent.negative_prompt if negative is None else negative
         print(f"prompt: {prompt}\nnegative prompt: {negative}", file=sys.stderr)
-    params = Stage1Params(
-        prompt=prompt, negative_prompt=negative or "", width=args.width or size, height=args.height or size,
-        steps=args.steps, guidance_scale=args.guidance, guidance_cutoff=args.guidance_cutoff, seed=args.seed,
-        batch_size=args.batch_size,
-    )
-    detail = None if args.no_detail else DetailParams(
-        prompt=params.prompt, negative_prompt=params.negative_prompt, steps=params.steps,
-        guidance_scale=params.guidance_scale, guidance_cutoff=params.guidance_cutoff, seed=params.seed,
-        strength=args.strength, max_faces=args.max_faces, margin=args.margin, work_size=size,
-        style_strength=args.style_strength)
+    params = Stage1Params(prompt=prompt, negative_prompt=negative or "", width=args.width or size,
+                          height=args.height or size, **request_values(args, Stage1Params, "prompt", "negative_prompt",
+                                                                        "width", "height"))
+    # stage 2: the sampling fields are stage 1's; its own from the options, the crop at the native size
+    detail = None if args.no_detail else detail_params_for(
+        params, work_size=size, **request_values(args, DetailParams, *Stage1Params.__dataclass_fields__, "work_size"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with server_client(args.url, args.protocol) as client:
         for i, seed in enumerate(params.seeds):
@@ -170,16 +201,10 @@ def cmd_detail(args) -> int:
     from portrait.params import DetailParams
     from portrait.settings import get_settings
 
-    params = DetailParams(
-        prompt=args.prompt, negative_prompt=args.negative_prompt or "", steps=args.steps, guidance_scale=args.guidance,
-        guidance_cutoff=args.guidance_cutoff, seed=args.seed, strength=args.strength, max_faces=args.max_faces,
-        margin=args.margin, work_size=args.work_size or read_sdxl_info(get_settings().sdxl_dir).default_size,
-        style_strength=args.style_strength,
-    )
-    try:
-        data = args.image.read_bytes()
-    except OSError as error:
-        raise InvalidInput("image", f"cannot be read: {error.strerror}") from None
+    params = DetailParams(negative_prompt=args.negative_prompt or "",
+                          work_size=args.work_size or read_sdxl_info(get_settings().sdxl_dir).default_size,
+                          **request_values(args, DetailParams, "negative_prompt", "work_size"))
+    data = read_input(args.image, "image")
     faces = read_faces(args.face)
     with server_client(args.url, args.protocol) as client:
         out = client.detail(data, params, faces)
@@ -201,10 +226,7 @@ def cmd_sweep(args) -> int:
     from portrait.models.checkpoint import read_sdxl_info
     from portrait.settings import get_settings
 
-    try:
-        text = args.file.read_text()
-    except OSError as error:
-        raise InvalidInput("sweep", f"{args.file} cannot be read: {error.strerror}") from None
+    text = read_input(args.file, "sweep").decode("utf-8", errors="replace")
     sweep = parse_sweep(text, args.file.parent, read_sdxl_info(get_settings().sdxl_dir).default_size)
     print(f"sweep {sweep.name}: {len(sweep.rows)} rows x {len(sweep.columns)} columns = {sweep.size} portraits",
           file=sys.stderr)
@@ -298,6 +320,8 @@ def cmd_weights(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from portrait.params import DetailParams
+
     parser = argparse.ArgumentParser(prog="portrait", description="Face-identity portraits served by NVIDIA Triton")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -317,9 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", type=Path, default=Path("out/portrait.png"),
                      help="final PNG; also <out>_base.png and <out>_mask.png (batch: _1, _2 ... suffixes)")
     gen.add_argument("--no-detail", action="store_true", help="stage 1 only: skip face detailing")
-    gen.add_argument("--strength", type=float, default=0.6, help="stage 2: how far faces are re-noised (0, 1]")
-    gen.add_argument("--max-faces", type=int, default=4, help="stage 2: largest faces first")
-    gen.add_argument("--margin", type=float, default=0.35, help="stage 2: context around each face")
+    add_stage2_arguments(gen, "stage 2: ")
     add_identity_arguments(gen)
     gen.add_argument("--class-word", default="person", help="with --idea and --face: the class word the agent puts "
                      "before the trigger word (woman, man, person, ...)")
@@ -329,16 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     detail = sub.add_parser("detail", help="stage 2 on any image: detect faces, re-diffuse them, paste back")
     detail.add_argument("--image", type=Path, required=True, help="PNG/JPEG; gray and RGBA are converted to RGB")
-    detail.add_argument("--prompt", required=True)
-    detail.add_argument("--negative-prompt", default="")
-    detail.add_argument("--steps", type=int, default=10)
-    detail.add_argument("--guidance", type=float, default=5.0)
-    detail.add_argument("--guidance-cutoff", type=float, default=0.2)
-    detail.add_argument("--seed", type=int, default=0, help="face i uses seed + i")
-    detail.add_argument("--strength", type=float, default=0.6, help="how far the faces are re-noised (0, 1]")
-    detail.add_argument("--max-faces", type=int, default=4, help="largest faces first")
-    detail.add_argument("--margin", type=float, default=0.35, help="context around each face, fraction of its size")
-    detail.add_argument("--work-size", type=int, default=None, help="crop side the face is magnified to (default: native)")
+    add_field_argument(detail, DetailParams, "prompt", "SDXL prompt for the faces", required=True)
+    add_field_argument(detail, DetailParams, "negative_prompt", "negative prompt (empty: zero embeddings, as SDXL)")
+    add_sampling_arguments(detail, DetailParams, "in {limits}; face i uses seed + i")
+    add_stage2_arguments(detail)
+    # None, not the schema's 1024: the checkpoint's native size (as the server's default)
+    add_field_argument(detail, DetailParams, "work_size", "crop side the face is magnified to", default=None,
+                       default_help="the model's native size")
     add_identity_arguments(detail)
     detail.add_argument("--out", type=Path, default=Path("out/detail.png"), help="also writes <out>_mask.png")
     detail.add_argument("--url", default=None)

@@ -25,15 +25,20 @@ import numpy as np
 
 from portrait.errors import InvalidInput
 from portrait.images import decode_image, encode_png
-from portrait.params import DetailParams, Stage1Params
+from portrait.params import MODELS, DetailParams, SamplingParams, Stage1Params, detail_params_for
 
 if TYPE_CHECKING:
     from PIL import Image
 
 MAX_COMBINATIONS = 256
-STAGE1_FIELDS = ("width", "height", "steps", "guidance_scale", "guidance_cutoff", "negative_prompt")
-DETAIL_FIELDS = ("strength", "max_faces", "margin", "work_size", "style_strength")
-PARAMETERS = STAGE1_FIELDS + DETAIL_FIELDS + ("detail",)
+# Every production is one `portrait` request: its parameters are that model's (portrait/params.py), but the prompt and
+# the seed, which are the sweep's rows and columns. Listed as a sweep reads: the image size first, then sampling, the
+# negative prompt, stage 2's own fields, and the `detail` switch.
+SWEEP_SETS = ("prompt", "seed")
+STAGE1_FIELDS = tuple(sorted((n for n in MODELS["portrait"].fields_of(Stage1Params) if n not in SWEEP_SETS),
+                             key=lambda n: (n in SamplingParams.__dataclass_fields__, MODELS["portrait"].types[n] == "BYTES")))
+DETAIL_FIELDS = tuple(n for n in MODELS["portrait"].fields if n not in STAGE1_FIELDS and n not in SWEEP_SETS)
+PARAMETERS = STAGE1_FIELDS + DETAIL_FIELDS + ("detail",)  # `detail`: the portrait model's switch (false: stage 1 only)
 TOP_LEVEL = ("name", "faces", "class_word", "ideas", "prompts", "params", "grid", "seeds")
 
 
@@ -71,10 +76,8 @@ class Sweep:
         base = Stage1Params(prompt=prompt, seed=seed, **{k: v for k, v in values.items() if k in STAGE1_FIELDS})
         if not detail:
             return base, None
-        work = {"work_size": base.width} if "work_size" not in values else {}
-        return base, DetailParams(prompt=prompt, seed=seed, steps=base.steps, guidance_scale=base.guidance_scale,
-                                  guidance_cutoff=base.guidance_cutoff, negative_prompt=base.negative_prompt,
-                                  **work, **{k: v for k, v in values.items() if k in DETAIL_FIELDS})
+        work = {"work_size": base.width} if "work_size" not in values else {}  # the crop at the image's size
+        return base, detail_params_for(base, **work, **{k: v for k, v in values.items() if k in DETAIL_FIELDS})
 
 
 def label(point: dict, seed: int) -> str:

@@ -8,13 +8,12 @@ import numpy as np
 from portrait.errors import InvalidInput
 from portrait.images import decode_image
 from portrait.models.checkpoint import read_sdxl_info
-from portrait.params import DetailParams
+from portrait.params import DetailParams, model_fields
 from portrait.serving import metrics, triton_io
 from portrait.settings import get_settings
 from portrait.stages import detail_faces, prepare_identity
 
-FIELDS = ("prompt", "negative_prompt", "steps", "guidance_scale", "guidance_cutoff", "seed", "strength", "max_faces",
-          "margin", "work_size", "style_strength")
+FIELDS = model_fields("face_detailer")  # the request schema: portrait/params.py
 
 
 class TritonPythonModel:

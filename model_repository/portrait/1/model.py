@@ -1,7 +1,6 @@
 # the Python-backend stub is an isolated interpreter: `portrait serve` passes the project's import paths
 __import__("sys").path[:0] = filter(None, __import__("os").environ.get("PORTRAIT_PYTHONPATH", "").split(":"))
 
-import dataclasses
 import secrets
 import threading
 import time
@@ -11,16 +10,16 @@ import numpy as np
 
 from portrait.errors import Cancelled, InvalidInput
 from portrait.models.checkpoint import read_sdxl_info
-from portrait.params import DetailParams, Stage1Params
+from portrait.params import MODELS, Stage1Params, detail_params_for, stage1_params_for
 from portrait.serving import metrics, triton_io
 from portrait.serving.cancel import request_cancel
 from portrait.settings import get_settings
 from portrait.stages import detail_faces, generate_base, prepare_identity
 
 pb = triton_io.pb_utils
-STAGE1 = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_cutoff", "seed")
-STAGE2 = ("prompt", "negative_prompt", "steps", "guidance_scale", "guidance_cutoff", "seed", "strength", "max_faces",
-          "margin", "work_size", "style_strength")
+# the request schema (portrait/params.py): stage 1's fields, and stage 2's own (its sampling fields are stage 1's)
+STAGE1 = MODELS["portrait"].fields_of(Stage1Params)
+STAGE2 = tuple(n for n in MODELS["portrait"].fields if n not in STAGE1)
 
 
 class TritonPythonModel:
@@ -70,13 +69,13 @@ class TritonPythonModel:
 
         try:
             triton_io.refuse_if_draining(request)
-            values = {k: triton_io.get_scalar(request, k) for k in set(STAGE1) | set(STAGE2) | {"detail"}}
+            values = {k: triton_io.get_scalar(request, k) for k in (*STAGE1, *STAGE2, "detail")}
             if values["seed"] is None:
                 values["seed"] = secrets.randbelow(2**31)
             size = self.info.default_size
             base_params = Stage1Params.from_mapping({k: values[k] for k in STAGE1}, {"width": size, "height": size})
-            detail = values["detail"] is not False
-            detail_params = DetailParams.from_mapping({k: values[k] for k in STAGE2}, {"work_size": size}) if detail else None
+            stage2 = {"work_size": size, **{k: values[k] for k in STAGE2 if values[k] is not None}}
+            detail_params = detail_params_for(base_params, **stage2) if values["detail"] is not False else None
             photos = triton_io.get_array(request, "id_images")
             identity = None
             if photos is not None:  # checked before any diffusion: a bad identity photo fails at once
@@ -84,7 +83,7 @@ class TritonPythonModel:
                     raise InvalidInput("id_images", "need stage 2 (detail must be true): identity is injected there")
                 metrics.identity_request(triton_io.model_name())
                 identity = prepare_identity(backend, [bytes(p) for p in photos.reshape(-1)], detail_params.prompt)
-                base_params = dataclasses.replace(base_params, prompt=identity.text_only_prompt)  # stage 1: no trigger
+                base_params = stage1_params_for(base_params, with_identity=True)  # stage 1: no trigger word
             images, truncated = generate_base(backend, base_params, self.info.force_zeros_for_empty_prompt, reporter("base"))
             base = images[0]
             if detail_params is not None:

@@ -6,19 +6,19 @@ import secrets
 import numpy as np
 
 from portrait.models.checkpoint import read_sdxl_info
-from portrait.params import Stage1Params
+from portrait.params import Stage1Params, model_fields
 from portrait.serving import triton_io
 from portrait.settings import get_settings
 from portrait.stages import generate_base
 
-FIELDS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_cutoff", "seed", "batch_size")
+FIELDS = model_fields("stage1")  # the request schema: portrait/params.py
 
 
 class TritonPythonModel:
     def initialize(self, args):
         triton_io.setup(args)
         self.info = read_sdxl_info(get_settings().sdxl_dir)
-        self.defaults = dict(width=self.info.default_size, height=self.info.default_size)
+        self.defaults = dict(width=self.info.default_size, height=self.info.default_size)  # the checkpoint's, not 1024
         self.backend = triton_io.BlsBackend()
 
     def execute(self, requests):
