@@ -308,10 +308,16 @@ def check_latents(name: str, latents: Any, channels: int, factor: int) -> None:
     check_finite(name, latents)
 
 
+def steps_run(steps: int, strength: float) -> int:
+    """img2img: the last int(steps x strength) steps of a `steps`-step schedule run (diffusers' get_timesteps).
+    The one statement of the rule: validation, stage 2's identity merge step and the denoising loop use it."""
+    return min(int(steps * strength), steps)
+
+
 def check_strength(steps: int, strength: Any) -> None:
-    """img2img strength in [0, 1] that runs at least one of `steps` (int(steps * strength) >= 1)."""
+    """img2img strength in [0, 1] that runs at least one of `steps`."""
     check_float_range("strength", strength, STRENGTH_MIN, STRENGTH_MAX)
-    if int(steps * strength) < 1:
+    if steps_run(steps, strength) < 1:
         raise InvalidInput("strength", f"runs no step: steps x strength must be >= 1, got {steps} x {strength:g}")
 
 

@@ -15,7 +15,7 @@ from portrait.diffusion.trigger import start_merge_step, text_only_prompt
 from portrait.errors import InvalidInput
 from portrait.images import decode_image
 from portrait.models.masks import face_mask, feather, paste_back, resize_square, square_crop_box
-from portrait.params import MAX_ID_IMAGES, MAX_PROMPT_TOKENS, DetailParams, Stage1Params, check_id_images, negative_is_zeros
+from portrait.params import MAX_ID_IMAGES, MAX_PROMPT_TOKENS, DetailParams, Stage1Params, check_id_images, negative_is_zeros, steps_run
 
 Progress = Callable[[int, int], None]  # (step done, steps in this stage)
 
@@ -145,11 +145,10 @@ def detail_faces(backend: Backend, image: np.ndarray, params: DetailParams, forc
         "strength": np.array([params.strength], np.float32),
     }
     if identity is not None:
-        steps_run = int(params.steps * params.strength)  # the img2img steps the loop runs
         inputs.update({
             "id_prompt_embeds": identity.prompt_embeds.repeat(n, 0),
             "id_pooled_prompt_embeds": identity.pooled_prompt_embeds.repeat(n, 0),
-            "start_merge_step": np.array([start_merge_step(params.style_strength, steps_run)], np.int32),
+            "start_merge_step": np.array([start_merge_step(params.style_strength, steps_run(params.steps, params.strength))], np.int32),
         })
     detailed = backend.decode(denoise_stream(backend, inputs, progress))
     out, mask = image.copy(), np.zeros((h, w), np.float32)

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from portrait.params import steps_run
+
 
 def start_step(num_steps: int, strength: float) -> int:
-    """First step index that runs at img2img `strength` (diffusers' get_timesteps: int(N * strength) steps run)."""
-    return num_steps - min(int(num_steps * strength), num_steps)
+    """First step index that runs at img2img `strength` (params.steps_run: the last int(N * strength) run)."""
+    return num_steps - steps_run(num_steps, strength)
 
 
 def latent_keep_map(change: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
@@ -62,4 +64,4 @@ def make_image_guide(original: torch.Tensor, change: torch.Tensor, noise: torch.
                      strength: float) -> ImageGuide:
     """The guide for clean latents [B, C, h, w] under a pixel change map [B, 1, H, W] at img2img `strength`."""
     keep = latent_keep_map(change, tuple(original.shape[2:]))
-    return ImageGuide(original, noise, hold_masks(keep, num_steps, num_steps - start_step(num_steps, strength)))
+    return ImageGuide(original, noise, hold_masks(keep, num_steps, steps_run(num_steps, strength)))

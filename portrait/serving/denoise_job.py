@@ -20,7 +20,7 @@ from portrait.diffusion.schedules import make_scheduler
 from portrait.errors import InvalidInput
 from portrait.models.checkpoint import SDXLInfo
 from portrait.models.unet_runner import UNetDims, check_finite, check_width
-from portrait.params import STEPS_MAX, DenoiseParams, check_int_range
+from portrait.params import STEPS_MAX, DenoiseParams, check_int_range, steps_run
 from portrait.serving.cancel import JOB_ID
 
 EMBEDS = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
@@ -121,6 +121,6 @@ def denoise_loop(arrays: Arrays, scalars: dict[str, Any], info: SDXLInfo,
     guide = image_guide(arrays, params, noise)
     if guide is not None:  # img2img strength: start part-way down the schedule
         scheduler.set_begin_index(start_step(params.steps, params.strength))
-    steps_that_run = len(scheduler.timesteps) - (scheduler.begin_index or 0)
+    steps_that_run = steps_run(params.steps, params.strength if guide is not None else 1.0)
     cfg_steps = guided_steps(steps_that_run, params.guidance_scale, params.guidance_cutoff)
     return denoise_steps(scheduler, noise, cond, cfg_steps, params.guidance_scale, guide)
