@@ -20,6 +20,10 @@ test: $(STAMP) $(WEIGHTS) .venv-deploy/.installed  # tests/unit/test_infra.py ne
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+.PHONY: test-unit
+test-unit: $(STAMP) $(WEIGHTS)
+	$(PY) -m pytest -q tests/unit
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile

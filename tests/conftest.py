@@ -1,15 +1,28 @@
-"""Shared fixtures: the tiny default model set, a real Triton server for the session, diffusers' reference."""
+"""Shared fixtures: the tiny default model set, a real Triton server for the session, diffusers' reference; and the
+`unit` / `integration` markers, given by folder (helpers shared by several modules are in tests/helpers.py)."""
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
+
 import pytest
-import torch
 
 from portrait.models.tiny import build_tiny_model_set
 from portrait.settings import get_settings
 
-TOLERANCE = 3  # max absolute pixel difference, in uint8 levels (3/255)
+TESTS = Path(__file__).resolve().parent
+MARKER_FOLDERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
+def pytest_collection_modifyitems(items):
+    """tests/unit/* is marked `unit` (no server), tests/integration/* `integration` (a real Triton server)."""
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        if path.is_relative_to(TESTS):
+            folder = path.relative_to(TESTS).parts[0]
+            if folder in MARKER_FOLDERS:
+                item.add_marker(MARKER_FOLDERS[folder])
 
 
 @pytest.fixture(scope="session")
@@ -68,35 +81,3 @@ def diffusers_pipe(sdxl_dir, photomaker_file):
         pipe.fuse_lora()
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def run_diffusers(pipe, params, output_type: str = "np"):
-    """diffusers' SDXL pipeline on the same AYS timesteps, seeds and guidance cutoff as `params`."""
-    from diffusers.callbacks import SDXLCFGCutoffCallback
-
-    from portrait.diffusion.guidance import unguided_step_count
-    from portrait.diffusion.schedules import ays_timesteps
-
-    off = unguided_step_count(params.steps, params.guidance_cutoff) if params.guidance_scale > 1 else 0
-    # the callback runs at the end of step k and switches CFG off from step k + 1 on
-    callback = SDXLCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=params.steps - off - 1) if off else None
-    guidance_scale = params.guidance_scale
-    if off == params.steps:  # no guided step at all: the callback cannot act before step 0
-        callback, guidance_scale = None, 1.0
-    if callback is not None and params.batch_size != 1:
-        raise ValueError("diffusers' SDXLCFGCutoffCallback keeps only the last row: batch 1 only")
-    out = pipe(
-        prompt=params.prompt, negative_prompt=params.negative_prompt or None,
-        width=params.width, height=params.height, timesteps=ays_timesteps(params.steps),
-        guidance_scale=guidance_scale,
-        generator=[torch.Generator("cpu").manual_seed(s) for s in params.seeds],
-        output_type=output_type, callback_on_step_end=callback,
-    ).images
-    if output_type == "np":
-        return (out * 255).round().astype(np.uint8)
-    return out
-
-
-def max_diff(a: np.ndarray, b: np.ndarray) -> int:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())

@@ -1,10 +1,13 @@
 """Bad requests get INVALID_ARG naming the field and the limit; the server keeps serving."""
 
+import time
+
 import numpy as np
 import pytest
 
 from portrait.errors import InvalidInput
-from portrait.params import Stage1Params
+from portrait.params import DetailParams, Stage1Params
+from tests.helpers import metric_total
 
 GOOD = {
     "prompt": ("BYTES", np.array([b"portrait of a woman"], dtype=np.object_)),
@@ -253,6 +256,81 @@ def test_bad_input_portrait_stream(grpc_client, fields, field, text):
     assert any("image" in out for out in grpc_client.stream("portrait", good, ["image"]))
 
 
-def test_client_validates_before_sending():
-    with pytest.raises(InvalidInput, match="width"):
+class RecordingTransport:
+    """Wraps tritonclient's InferenceServerClient inside a TritonClient: every method the client reaches for is
+    recorded (infer, start_stream, async_stream_infer, ...), then passed on."""
+
+    def __init__(self, inner):
+        self.inner, self.used = inner, []
+
+    def __getattr__(self, name):
+        self.used.append(name)
+        return getattr(self.inner, name)
+
+
+SERVED = ("stage1", "face_detailer", "portrait")  # the models a TritonClient's calls reach
+COUNTERS = ("nv_inference_request_success", "nv_inference_request_failure", "portrait_requests_total")
+WITH_TRIGGER = "portrait of a woman img"
+CLIENT_BAD = [
+    # (call on a TritonClient, field named, text the message must contain)
+    (lambda c: c.portrait(Stage1Params(prompt="x", width=64, height=64, batch_size=2), None), "batch_size", "one image"),
+    (lambda c: c.portrait(Stage1Params(prompt=WITH_TRIGGER, width=64, height=64), None, faces=[png()]), "id_images",
+     "need stage 2"),
+    (lambda c: c.portrait(Stage1Params(prompt="a woman", width=64, height=64), DetailParams(prompt="a woman"),
+                          faces=[png()]), "prompt", "trigger word"),
+    (lambda c: c.portrait(Stage1Params(prompt=WITH_TRIGGER, width=64, height=64), DetailParams(prompt=WITH_TRIGGER),
+                          faces=[png()] * 5), "id_images", "at most 4"),
+    (lambda c: c.detail(png(), DetailParams(prompt="a woman", work_size=64), faces=[png()]), "prompt", "trigger word"),
+    (lambda c: c.detail(png(), DetailParams(prompt=WITH_TRIGGER, work_size=64), faces=[png()] * 5), "id_images",
+     "at most 4"),
+]
+
+
+def requests_served(server) -> float:
+    return metric_total(server, COUNTERS, SERVED)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_client_validates_before_sending(server, protocol):
+    """A real TritonClient on the running server: each bad call raises InvalidInput naming the field, and nothing is
+    sent (its transport is never touched, and the server counts no request); a good call through the same client
+    is then seen by both, so the two checks can fail."""
+    from clients.triton import TritonClient
+
+    with pytest.raises(InvalidInput) as caught:  # the parameters themselves check their limits when built
         Stage1Params(prompt="x", width=100)
+    assert caught.value.field == "width" and "multiple of 8" in str(caught.value)
+
+    client = TritonClient(server.grpc_url if protocol == "grpc" else server.http_url, protocol)
+    transport = client.client = RecordingTransport(client.client)
+    before = requests_served(server)
+    for call, field, text in CLIENT_BAD:
+        with pytest.raises(InvalidInput) as caught:
+            call(client)
+        assert caught.value.field == field and text in str(caught.value), (field, str(caught.value))
+    assert transport.used == [], f"the client reached for its transport: {transport.used}"
+    assert requests_served(server) == before, "a bad call reached the server"
+
+    assert client.stage1(Stage1Params(prompt="x", width=64, height=64, steps=1)).images.shape == (1, 64, 64, 3)
+    assert "infer" in transport.used
+    deadline = time.monotonic() + 10
+    while requests_served(server) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert requests_served(server) > before, "the counters did not see a request that was sent"
+    client.close()
+
+
+def test_client_checks_fail_before_connecting():
+    """Nothing listens on the client's port: a bad call is InvalidInput, not the Unavailable a sent one would get."""
+    from clients.triton import TritonClient
+    from portrait.errors import Unavailable
+    from portrait.serving.server import free_port
+
+    client = TritonClient(f"localhost:{free_port()}", "grpc", timeout=5)
+    for call, field, _ in CLIENT_BAD:
+        with pytest.raises(InvalidInput) as caught:
+            call(client)
+        assert caught.value.field == field
+    with pytest.raises(Unavailable):  # what any call that does go out meets here
+        client.stage1(Stage1Params(prompt="x", width=64, height=64, steps=1))
+    client.close()

@@ -7,7 +7,9 @@ import torch
 from portrait.diffusion.reference import ReferencePipeline, build_conditioning
 from portrait.errors import InvalidInput
 from portrait.params import Stage1Params
-from tests.unit.test_diffdiff import SCALE, STEPS, STRENGTH, run_ours
+from tests.helpers import DIFFDIFF_SCALE, DIFFDIFF_STEPS, DIFFDIFF_STRENGTH, run_diffdiff
+
+STEPS, STRENGTH, SCALE = DIFFDIFF_STEPS, DIFFDIFF_STRENGTH, DIFFDIFF_SCALE  # run_diffdiff's defaults
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_denoise_with_change_map_equals_the_library_loop(grpc_client, case):
     run = int(STEPS * STRENGTH)
     assert steps == list(range(1, run + 1)) and all(int(e["num_steps"][0]) == run for e in events if "num_steps" in e)
     served = torch.from_numpy(events[-1]["latents"].copy())
-    expected = run_ours(ref, cond, original, initial_noise([21], (4, 8, 8)), change)
+    expected = run_diffdiff(ref, cond, original, initial_noise([21], (4, 8, 8)), change)
     assert torch.allclose(served, expected, atol=1e-3), (served - expected).abs().max()
 
 

@@ -8,15 +8,9 @@ from PIL import Image
 
 from portrait.errors import InvalidInput
 from portrait.params import DetailParams
-from tests.unit.test_faces_masks import package_file
+from tests.helpers import package_file, png
 
 OUT = ["image", "mask", "boxes", "faces_found"]
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def params(**kw) -> DetailParams:

@@ -297,7 +297,7 @@ def test_sigterm_drains_in_flight_requests(served):
         late.stage1(QUICK)  # refused while draining
     for box in boxes:
         box["thread"].join(300)
-        assert "result" in box, f"an in-flight request did not complete: {box}"
+        assert "result" in box, f"an in-flight request did not complete: {box}\n{served.log_tail()}"
         assert box["result"].images.shape == (1, 256, 256, 3)
     assert served.process.wait(120) == EXIT_OK, served.log_tail()
     assert "in-flight work done" in served.log_tail()
@@ -409,18 +409,20 @@ def test_supervisor_restarts_by_default():
 def test_supervisor_is_live_while_triton_loads():
     """A slow start (minutes with real weights) must not fail the liveness probe: the heartbeat turns meanwhile."""
     server = FakeServer(get_settings())
-    beats = []
+    beats, made = [], {}
     fake_start = server.start
 
     def slow_start(timeout, abort=None):
+        wait_for(lambda: "supervisor" in made)  # supervise() starts the loop before it returns the supervisor
         for _ in range(5):
             assert not abort()
-            beats.append(supervisor.health.heartbeat)
+            beats.append(made["supervisor"].health.heartbeat)
             time.sleep(0.05)
         fake_start(timeout, abort)
 
     server.start = slow_start
     supervisor, thread, result = supervise(server)
+    made["supervisor"] = supervisor
     wait_for(lambda: supervisor.health.ready)
     assert beats == sorted(beats) and beats[-1] > beats[0]
     supervisor.signals.append(signal.SIGTERM)

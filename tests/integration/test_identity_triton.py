@@ -3,25 +3,17 @@ the face-mask and start_merge_step guarantees, and each bad identity input with 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from clients.triton import DETAIL_TYPES, field_arrays
 from portrait.errors import InvalidInput
 from portrait.params import DetailParams, Stage1Params
-from tests.unit.test_identity import sample_photos
+from tests.helpers import png, sample_photos
 
 PROMPT = "photo of a person img, detailed skin"
-
-
-def png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

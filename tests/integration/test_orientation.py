@@ -14,27 +14,7 @@ from portrait.errors import InvalidInput
 from portrait.images import decode_image
 from portrait.models.faces import HaarFaceDetector
 from portrait.params import DetailParams
-from tests.unit.test_faces_masks import package_file
-
-ORIENTATION = 0x0112  # the EXIF tag
-# EXIF's rule: with Orientation 6 the stored first row is the displayed right-hand column (the phone was held turned
-# 90 degrees clockwise), i.e. the stored pixels are the upright picture turned 90 degrees counter-clockwise; 8 is the
-# mirror case. np.rot90(upright, k) turns counter-clockwise for k = 1 (written out here, not taken from Pillow).
-STORED_TURN = {6: 1, 8: -1}
-
-
-def jpeg(pixels: np.ndarray, orientation: int | None = None) -> bytes:
-    exif = Image.Exif()
-    if orientation is not None:
-        exif[ORIENTATION] = orientation
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95, exif=exif)
-    return buffer.getvalue()
-
-
-def sideways(upright: np.ndarray, orientation: int) -> bytes:
-    """What a phone writes: the pixels as the sensor read them, plus the tag that says how to show them."""
-    return jpeg(np.ascontiguousarray(np.rot90(upright, STORED_TURN[orientation])), orientation)
+from tests.helpers import jpeg, package_file, run_cli, sideways
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +92,11 @@ def test_sideways_identity_photo_is_found(grpc_client, astronaut, orientation):
 
 
 def test_cli_detail_writes_the_displayed_picture(server, group, tmp_path):
-    from tests.integration.test_cli import run
-
     source = tmp_path / "phone.jpg"
     source.write_bytes(sideways(group, 6))
     out = tmp_path / "detailed.png"
-    done = run(["detail", "--image", str(source), "--prompt", "portrait photo", "--steps", "2", "--work-size", "64",
-                "--out", str(out)], env={"PORTRAIT_URL": server.grpc_url})
+    done = run_cli(["detail", "--image", str(source), "--prompt", "portrait photo", "--steps", "2", "--work-size", "64",
+                   "--out", str(out)], env={"PORTRAIT_URL": server.grpc_url})
     assert done.returncode == 0, done.stderr
     written = np.array(Image.open(out))
     assert written.shape == group.shape

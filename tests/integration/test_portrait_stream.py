@@ -1,5 +1,6 @@
 """The streaming `portrait` model: stage 1 then stage 2 in one request, progress, cancellation."""
 
+import dataclasses
 import time
 
 import numpy as np
@@ -7,28 +8,59 @@ import pytest
 
 from portrait.errors import InvalidInput
 from portrait.params import DetailParams, Stage1Params
-from tests.conftest import TOLERANCE, max_diff
+from tests.helpers import TOLERANCE, max_diff, png, scheduler_counts, wait_scheduler_idle
 
 BASE = Stage1Params(prompt="portrait of a woman, studio light", width=128, height=128, steps=6, seed=11)
 DETAIL = DetailParams(prompt=BASE.prompt, steps=6, seed=11, work_size=128)
+# The tiny set's random UNet paints noise; OpenCV's Haar cascade (the tiny set's face detector) sees one face in
+# the base of seed 721 (box ~[9, 19, 62, 72], found in 40 of 40 tries with +-2 levels of noise added) and none
+# in that of seed 11, so each test below knows which path stage 2 takes.
+FACE_SEED = 721
+FACE_BASE = dataclasses.replace(BASE, seed=FACE_SEED)
+FACE_DETAIL = dataclasses.replace(DETAIL, seed=FACE_SEED)
 
 
-def test_streams_ordered_progress_then_the_three_images(grpc_client):
+def portrait_events(grpc_client, base, detail):
     events = []
-    out = grpc_client.portrait(BASE, DETAIL, lambda stage, step, total: events.append((stage, step, total)))
+    out = grpc_client.portrait(base, detail, lambda stage, step, total: events.append((stage, step, total)))
+    return out, events
+
+
+def check_stage_one(grpc_client, out, events, base):
     base_events = [e for e in events if e[0] == "base"]
     assert [e[1] for e in base_events] == list(range(1, 7)) and all(e[2] == 6 for e in base_events)
     assert events[:len(base_events)] == base_events  # stage 1 first
     assert out.base_image.shape == out.image.shape == (128, 128, 3) and out.mask.shape == (128, 128)
     # stage 1 inside portrait is the stage1 model's image for the same request
-    assert max_diff(out.base_image, grpc_client.stage1(BASE).images[0]) <= TOLERANCE
-    # whatever stage 2 found, pixels outside its mask are the base image's
+    assert max_diff(out.base_image, grpc_client.stage1(base).images[0]) <= TOLERANCE
+    # pixels outside stage 2's mask are the base image's
     assert np.array_equal(out.image[out.mask == 0], out.base_image[out.mask == 0])
-    detail_events = [e for e in events if e[0] == "detail"]
-    if len(out.boxes):
-        assert [e[1] for e in detail_events] == list(range(1, int(6 * DETAIL.strength) + 1))
-    else:
-        assert not detail_events and np.array_equal(out.image, out.base_image)
+    return [e for e in events if e[0] == "detail"]
+
+
+def test_streams_ordered_progress_then_the_three_images(grpc_client):
+    """A base with a face: stage 2 runs, reports its steps after stage 1's, and details that face."""
+    out, events = portrait_events(grpc_client, FACE_BASE, FACE_DETAIL)
+    detail_events = check_stage_one(grpc_client, out, events, FACE_BASE)
+    assert out.boxes.shape == (1, 4), f"the base of seed {FACE_SEED} no longer shows the detector a face: {out.boxes}"
+    run = int(6 * FACE_DETAIL.strength)  # the img2img steps of the face pass
+    assert detail_events == [("detail", i, run) for i in range(1, run + 1)]
+    assert events == [e for e in events if e[0] == "base"] + detail_events  # nothing else, in that order
+    x0, y0, x1, y1 = out.boxes[0]
+    assert out.mask[int(y0 + y1) // 2, int(x0 + x1) // 2] == 255 and (out.mask == 0).mean() > 0.3  # the face only
+    changed = np.any(out.image != out.base_image, axis=-1)
+    assert changed[out.mask == 255].mean() > 0.5  # the face was re-diffused
+    # stage 2 inside portrait is the face_detailer model on the same base
+    alone = grpc_client.detail(png(out.base_image), FACE_DETAIL)
+    assert alone.faces_found == 1 and np.array_equal(alone.boxes, out.boxes) and np.array_equal(alone.mask, out.mask)
+    assert max_diff(alone.image, out.image) <= TOLERANCE
+
+
+def test_a_base_without_a_face_comes_back_as_the_final_image(grpc_client):
+    out, events = portrait_events(grpc_client, BASE, DETAIL)
+    detail_events = check_stage_one(grpc_client, out, events, BASE)
+    assert out.boxes.shape == (0, 4), f"the base of seed {BASE.seed} now shows the detector a face: {out.boxes}"
+    assert not detail_events and np.array_equal(out.image, out.base_image) and not out.mask.any()
 
 
 def test_no_detail_skips_stage_two(grpc_client):
@@ -51,13 +83,12 @@ def test_cancel_stops_within_a_step_and_the_server_serves_on(grpc_client, server
             if len(seen) == 3:
                 stream.close()  # closing the stream cancels the request
                 break
-    from tests.integration.test_stage1_triton import scheduler_counts
-
     before = scheduler_counts(server)["portrait_scheduler_steps_total"]
     time.sleep(3)
     after = scheduler_counts(server)
     assert seen == [1, 2, 3]
     assert after["portrait_scheduler_steps_total"] - before <= 2, "the denoise loop kept running after the cancel"
+    wait_scheduler_idle(server, timeout=30)  # and the cancelled request leaves the scheduler
     assert after["portrait_scheduler_active_requests"] == 0
     out = grpc_client.portrait(BASE, None)  # the slot is free and the server answers normally
     assert out.image.shape == (128, 128, 3)

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from portrait.params import Stage1Params
-from tests.conftest import TOLERANCE, max_diff, run_diffusers
+from tests.helpers import TOLERANCE, max_diff, run_diffusers, scheduler_counts, wait_scheduler_idle
 
 PROMPT = "portrait of a man, charcoal drawing, dramatic light"
 
@@ -52,22 +52,13 @@ def test_batch_of_two_equals_single_requests(grpc_client):
     assert max_diff(pair.images[1:], grpc_client.stage1(params(seed=501)).images) <= TOLERANCE
 
 
-def scheduler_counts(server) -> dict[str, float]:
-    """The denoise step scheduler's counters (portrait_scheduler_* on the metrics port)."""
-    import urllib.request
-
-    from portrait.serving.step_scheduler import read_scheduler_metrics
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
-        return read_scheduler_metrics(r.read().decode())
-
-
 def test_concurrent_requests_batch_in_the_unet_and_change_nothing(grpc_client, server):
     from portrait.diffusion.guidance import guided_steps
 
     target = params(seed=777, steps=12)
     alone = grpc_client.stage1(target).images
     others = [params(seed=900 + i, steps=12, negative_prompt="blurry" if i % 2 else "") for i in range(4)]
+    wait_scheduler_idle(server)
     before = scheduler_counts(server)
     with ThreadPoolExecutor(max_workers=5) as pool:
         futures = [pool.submit(grpc_client.stage1, p) for p in [target, *others]]

@@ -12,7 +12,7 @@ from PIL import Image
 from portrait.app.store import LocalBackend, ProductionStore
 from portrait.app.sweep import MAX_COMBINATIONS, parse_sweep, run_sweep
 from portrait.errors import InvalidInput
-from tests.unit.test_identity import sample_photos
+from tests.helpers import sample_photos
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from PIL import Image
 from portrait.app.store import LocalBackend, ProductionStore
 from portrait.serving.server import free_port, port_open
 from portrait.settings import PROJECT_ROOT, get_settings
+from tests.helpers import package_file, sideways
 
 UI = PROJECT_ROOT / "ui"
 
@@ -237,9 +238,6 @@ def test_real_browser_shows_every_image(running_app, tmp_path):
     Save to gallery and the Gallery page, a Sweep's contact sheet. Every image on each page loads, and no request
     answers an error."""
     from playwright.sync_api import sync_playwright
-
-    from tests.integration.test_orientation import sideways
-    from tests.unit.test_faces_masks import package_file
 
     assert CHROMIUM.exists(), "Debian's chromium is not installed (make install installs it)"
     phone = tmp_path / "phone.jpg"  # landscape, stored as a phone does: pixels turned, EXIF Orientation 6

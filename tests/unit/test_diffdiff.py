@@ -9,16 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from portrait.diffusion.diffdiff import ImageGuide, hold_masks, latent_keep_map, make_image_guide, start_step
-from portrait.diffusion.guidance import combine_guidance, guided_steps
-from portrait.diffusion.loop import denoise_steps, run_denoise
+from portrait.diffusion.diffdiff import ImageGuide, hold_masks, latent_keep_map, start_step
+from portrait.diffusion.guidance import combine_guidance
 from portrait.diffusion.reference import ReferencePipeline, build_conditioning
 from portrait.diffusion.schedules import make_scheduler
-from portrait.models.sdxl import decode_latents, encode_images, predict_noise
+from portrait.models.sdxl import decode_latents, encode_images
 from portrait.params import Stage1Params
+from tests.helpers import DIFFDIFF_SCALE, DIFFDIFF_STEPS, DIFFDIFF_STRENGTH, TOLERANCE, run_diffdiff
 
-STEPS, STRENGTH, SCALE = 8, 0.75, 5.0
-TOLERANCE = 3  # uint8 levels
+STEPS, STRENGTH, SCALE = DIFFDIFF_STEPS, DIFFDIFF_STRENGTH, DIFFDIFF_SCALE  # run_diffdiff's (the project's loop) defaults
 SIZE = 128  # pixels: a 16 x 16 latent grid
 
 
@@ -39,16 +38,6 @@ def face_like_change(size: int = SIZE) -> torch.Tensor:
     yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
     change = np.clip(1.4 - 3.2 * np.hypot(yy, xx), 0.0, 1.0)
     return torch.from_numpy(change.astype(np.float32))[None, None]
-
-
-def run_ours(ref, cond, original, noise, change, steps=STEPS, strength=STRENGTH, guide=None):
-    """The project's loop (portrait.diffusion.loop) with the project's guide; `change` is a pixel change map."""
-    scheduler = make_scheduler(ref.info.scheduler_config, steps)
-    begin = start_step(steps, strength)
-    scheduler.set_begin_index(begin)
-    guide = guide or make_image_guide(original, change, noise, steps, strength)
-    loop = denoise_steps(scheduler, torch.zeros_like(noise), cond, guided_steps(steps - begin, SCALE, 0.0), SCALE, guide)
-    return run_denoise(loop, lambda call: predict_noise(ref.unet, call))
 
 
 def run_published(ref, cond, original, noise, change, steps=STEPS, strength=STRENGTH):
@@ -110,12 +99,12 @@ def test_keep_map_is_one_minus_change_resized_bilinearly():
 def test_matches_the_published_loop(setup, strength):
     ref, cond, original, noise, _ = setup
     steps = 10
-    ours = run_ours(ref, cond, original, noise, face_like_change(), steps, strength)
+    ours = run_diffdiff(ref, cond, original, noise, face_like_change(), steps, strength)
     published = run_published(ref, cond, original, noise, face_like_change(), steps, strength)
     assert pixel_diff(ref, ours, published) <= TOLERANCE
     # and it is neither the original nor plain img2img at that strength
     assert (ours - original).abs().max() > 1e-2
-    assert (ours - run_ours(ref, cond, original, noise, torch.zeros(1, 1, SIZE, SIZE), steps, strength)).abs().max() > 1e-2
+    assert (ours - run_diffdiff(ref, cond, original, noise, torch.zeros(1, 1, SIZE, SIZE), steps, strength)).abs().max() > 1e-2
 
 
 def test_the_comparison_catches_the_old_rescaled_rule(setup):
@@ -126,7 +115,7 @@ def test_the_comparison_catches_the_old_rescaled_rule(setup):
     change = F.interpolate(face_like_change(), size=tuple(original.shape[2:]), mode="area")
     rescaled = (1.0 - change).unsqueeze(0) > (torch.arange(run) / run).view(-1, 1, 1, 1, 1)
     rescaled[0] = True
-    old = run_ours(ref, cond, original, noise, None, steps, strength, guide=ImageGuide(original, noise, rescaled))
+    old = run_diffdiff(ref, cond, original, noise, None, steps, strength, guide=ImageGuide(original, noise, rescaled))
     published = run_published(ref, cond, original, noise, face_like_change(), steps, strength)
     assert pixel_diff(ref, old, published) > TOLERANCE
 
@@ -142,7 +131,7 @@ def guided_eps(ref, cond, scheduler, latents, t):
 
 def test_all_one_change_is_plain_img2img(setup):
     ref, cond, original, noise, _ = setup
-    ours = run_ours(ref, cond, original, noise, torch.ones(1, 1, SIZE, SIZE))
+    ours = run_diffdiff(ref, cond, original, noise, torch.ones(1, 1, SIZE, SIZE))
     scheduler = make_scheduler(ref.info.scheduler_config, STEPS)
     begin = start_step(STEPS, STRENGTH)
     scheduler.set_begin_index(begin)
@@ -155,7 +144,7 @@ def test_all_one_change_is_plain_img2img(setup):
 def test_all_zero_change_is_held_until_the_last_step(setup):
     """Keep = 1 exceeds every threshold: every step that runs starts from the re-noised original."""
     ref, cond, original, noise, _ = setup
-    out = run_ours(ref, cond, original, noise, torch.zeros(1, 1, SIZE, SIZE))
+    out = run_diffdiff(ref, cond, original, noise, torch.zeros(1, 1, SIZE, SIZE))
     scheduler = make_scheduler(ref.info.scheduler_config, STEPS)
     scheduler.set_begin_index(STEPS - 1)  # only the last step's denoising survives
     t = scheduler.timesteps[-1]

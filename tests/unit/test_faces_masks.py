@@ -1,19 +1,11 @@
 """Default face detection (Haar) on real photos, and the mask / crop / paste-back functions of stage 2."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from portrait.models.faces import HaarFaceDetector
 from portrait.models.masks import ARCFACE_TEMPLATE, estimate_keypoints, face_mask, feather, paste_back, square_crop_box
-
-
-def package_file(package: str, relative: str) -> np.ndarray:
-    root = Path(importlib.util.find_spec(package).submodule_search_locations[0])
-    return np.array(Image.open(root / relative).convert("RGB"))
+from tests.helpers import package_file
 
 
 @pytest.fixture(scope="module")

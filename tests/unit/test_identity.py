@@ -4,7 +4,6 @@ ArcFace alignment, the start_merge_step rule in the denoising loop, and the LoRA
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,6 +15,7 @@ from portrait.diffusion.trigger import start_merge_step, text_only_prompt
 from portrait.errors import InvalidInput, ModelSetError
 from portrait.models.identity import IdEncoderConfig, PhotoMakerIdEncoder, clip_pixels, load_id_encoder, read_photomaker_file
 from portrait.models.masks import ARCFACE_TEMPLATE
+from tests.helpers import sample_photos
 
 # PhotoMaker V2's ID encoder at full size, as TencentARC/PhotoMaker's model_v2.py builds it: CLIP ViT-L/14
 # (hidden 1024, 24 layers, MLP 4096, patch 14, 224 px -> 257 positions, projection 768), visual_projection_2
@@ -160,15 +160,6 @@ def test_text_only_prompt():
                             ("img, a woman", "must follow a class word")):
         with pytest.raises(InvalidInput, match=message):
             text_only_prompt(prompt)
-
-
-def sample_photos() -> list[np.ndarray]:
-    import insightface
-    import skimage
-
-    astronaut = np.array(Image.open(Path(skimage.__file__).parent / "data" / "astronaut.png").convert("RGB"))
-    group = np.array(Image.open(Path(insightface.__file__).parent / "data" / "images" / "t1.jpg").convert("RGB"))
-    return [astronaut, group]
 
 
 def test_fusion_changes_only_class_positions_and_depends_on_the_photo(text, encoder, models_dir):

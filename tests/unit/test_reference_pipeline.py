@@ -9,7 +9,7 @@ from portrait.diffusion.reference import ReferencePipeline, build_conditioning
 from portrait.diffusion.schedules import make_scheduler
 from portrait.models.tiny import TE1_HIDDEN, TE2_HIDDEN, tiny_sdxl_components
 from portrait.params import Stage1Params
-from tests.conftest import max_diff, run_diffusers
+from tests.helpers import max_diff, run_diffusers
 
 PROMPT = "portrait of a woman, oil painting, warm light"
 
