@@ -9,7 +9,7 @@ from importlib import import_module
 _EXPORTS = {
     "build_prompt": "agent", "NEGATIVE_PROMPT": "compose", "IdeaError": "errors",
     "PromptAgentError": "errors", "SettingsError": "errors", "CATEGORIES": "schemas",
-    "PromptResult": "schemas", "Settings": "settings", "load_settings": "settings",
+    "PromptResult": "schemas", "AgentSettings": "settings", "load_settings": "settings",
 }
 __all__ = sorted(_EXPORTS)
 

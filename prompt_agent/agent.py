@@ -9,11 +9,11 @@ from .graph import build_graph
 from .llm import make_chat_model
 from .safety import check_slot, clean_idea
 from .schemas import PromptResult
-from .settings import Settings, load_settings
+from .settings import AgentSettings, load_settings
 
 
 def build_prompt(idea: str, *, class_word: str | None = None, trigger: str | None = None,
-                 llm: Any = None, settings: Settings | None = None, use_cache: bool = True) -> PromptResult:
+                 llm: Any = None, settings: AgentSettings | None = None, use_cache: bool = True) -> PromptResult:
     """Idea -> concept -> keywords by category -> 15 chosen -> SDXL prompt and negative prompt.
 
     llm: a LangChain chat model; None uses the one the settings name (or none: the offline path).

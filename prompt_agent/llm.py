@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import SettingsError
-from .settings import Settings
+from .settings import AgentSettings
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
 
-def make_chat_model(settings: Settings) -> BaseChatModel | None:
+def make_chat_model(settings: AgentSettings) -> BaseChatModel | None:
     """The configured chat model, or None for the offline path (provider 'none')."""
     if settings.provider == "none":
         return None

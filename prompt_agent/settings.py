@@ -15,7 +15,7 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "portrait" / "prompts"
 _OFF = {"", "off", "none", "0", "false"}
 
 
-class Settings(BaseModel):
+class AgentSettings(BaseModel):
     """Which LLM (if any) backs the agent, and where results are cached."""
 
     model_config = ConfigDict(frozen=True)
@@ -31,7 +31,7 @@ class Settings(BaseModel):
     cache_dir: Path | None = DEFAULT_CACHE_DIR
 
     @model_validator(mode="after")
-    def _model_named(self) -> Settings:
+    def _model_named(self) -> AgentSettings:
         if self.provider != "none" and not self.model:
             raise ValueError(f"PORTRAIT_LLM_MODEL is required when PORTRAIT_LLM_PROVIDER={self.provider}")
         return self
@@ -44,7 +44,7 @@ class Settings(BaseModel):
                 "structured_method": self.structured_method}
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None) -> AgentSettings:
     """Read PORTRAIT_LLM_* and PORTRAIT_PROMPT_CACHE_DIR; raise SettingsError with one line."""
     env = os.environ if environ is None else environ
     raw: dict[str, object] = {}
@@ -59,7 +59,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         value = env["PORTRAIT_PROMPT_CACHE_DIR"].strip()
         raw["cache_dir"] = None if value.lower() in _OFF else Path(value).expanduser()
     try:
-        return Settings(**raw)
+        return AgentSettings(**raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         if not first["loc"]:  # a cross-field rule: its message already names the variables

@@ -10,14 +10,13 @@ import types
 
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
-from prompt_agent_fakes import GOOD_CHOICE, GOOD_CONCEPT, GOOD_KEYWORDS, ScriptedChatModel, good_script, tool_call
 
 from prompt_agent import (
     CATEGORIES,
     NEGATIVE_PROMPT,
+    AgentSettings,
     IdeaError,
     PromptResult,
-    Settings,
     SettingsError,
     build_prompt,
     cache,
@@ -29,6 +28,7 @@ from prompt_agent.compose import check_prompt
 from prompt_agent.graph import build_graph
 from prompt_agent.llm import make_chat_model
 from prompt_agent.safety import clean_idea, find_prompt_syntax
+from tests.unit.prompt_agent_fakes import GOOD_CHOICE, GOOD_CONCEPT, GOOD_KEYWORDS, ScriptedChatModel, good_script, tool_call
 
 IDEAS = ["corporate confidence", "ocean calm", "winter solitude", "cyberpunk rebel", "jazz nostalgia",
          "forest magic", "desert warrior", "royal elegance", "rainy melancholy", "space explorer",
@@ -40,10 +40,10 @@ FIRE = {"volcano", "burning city", "fiery red", "blood red", "crimson", "fire an
 
 
 @pytest.fixture
-def offline_settings(tmp_path) -> Settings:
+def offline_settings(tmp_path) -> AgentSettings:
     """No LLM, cache on disk under tmp_path (never the user's home)."""
     cache.clear_memory()
-    return Settings(provider="none", cache_dir=tmp_path / "cache")
+    return AgentSettings(provider="none", cache_dir=tmp_path / "cache")
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +53,7 @@ def vocabulary() -> dict[str, tuple[str, ...]]:
 
 
 def run_offline(idea: str, **kwargs) -> PromptResult:
-    return build_prompt(idea, settings=Settings(provider="none", cache_dir=None), use_cache=False, **kwargs)
+    return build_prompt(idea, settings=AgentSettings(provider="none", cache_dir=None), use_cache=False, **kwargs)
 
 
 # --- the graph with a scripted chat model ---------------------------------------------------------
@@ -260,7 +260,7 @@ def test_identity_words_stay_out_of_the_keywords(vocabulary):
 ])
 def test_bad_ideas_raise_idea_error(idea, message):
     with pytest.raises(IdeaError, match=message):
-        build_prompt(idea, settings=Settings(cache_dir=None))
+        build_prompt(idea, settings=AgentSettings(cache_dir=None))
 
 
 @pytest.mark.parametrize("idea, cleaned", [
@@ -298,7 +298,7 @@ def test_syntax_in_the_idea_is_neutralised_not_obeyed(vocabulary):
 ])
 def test_bad_identity_words_raise_idea_error(class_word, trigger, message):
     with pytest.raises(IdeaError, match=message):
-        build_prompt("ocean calm", class_word=class_word, trigger=trigger, settings=Settings(cache_dir=None))
+        build_prompt("ocean calm", class_word=class_word, trigger=trigger, settings=AgentSettings(cache_dir=None))
 
 
 # --- cache -----------------------------------------------------------------------------------------
@@ -321,12 +321,12 @@ def test_results_are_cached_by_idea_and_settings(offline_settings, vocabulary, m
 
 
 def test_cache_key_depends_on_llm_settings():
-    none = Settings().fingerprint()
-    llm_a = Settings(provider="openai", model="a", base_url="http://x/v1").fingerprint()
-    llm_b = Settings(provider="openai", model="b", base_url="http://x/v1").fingerprint()
+    none = AgentSettings().fingerprint()
+    llm_a = AgentSettings(provider="openai", model="a", base_url="http://x/v1").fingerprint()
+    llm_b = AgentSettings(provider="openai", model="b", base_url="http://x/v1").fingerprint()
     keys = {cache.cache_key("ocean calm", None, None, fp) for fp in (none, llm_a, llm_b)}
     assert len(keys) == 3
-    assert Settings(provider="openai", model="a", base_url="http://x/v1", api_key="k1",
+    assert AgentSettings(provider="openai", model="a", base_url="http://x/v1", api_key="k1",
                     timeout=5).fingerprint() == llm_a  # the key and timeout don't change answers
 
 
@@ -363,7 +363,7 @@ def test_bad_settings_raise_one_line_settings_error(env, message):
 
 
 def test_no_provider_means_no_model():
-    assert make_chat_model(Settings()) is None
+    assert make_chat_model(AgentSettings()) is None
 
 
 def test_openai_compatible_backend_is_built_from_settings(monkeypatch):
@@ -371,7 +371,7 @@ def test_openai_compatible_backend_is_built_from_settings(monkeypatch):
     fake = types.ModuleType("langchain_openai")
     fake.ChatOpenAI = lambda **kwargs: made.update(kwargs) or "chat-openai"
     monkeypatch.setitem(sys.modules, "langchain_openai", fake)
-    settings = Settings(provider="openai", base_url="http://triton:9000/v1", model="llama", timeout=7)
+    settings = AgentSettings(provider="openai", base_url="http://triton:9000/v1", model="llama", timeout=7)
     assert make_chat_model(settings) == "chat-openai"
     assert (made["base_url"], made["model"], made["timeout"], made["max_retries"]) == (
         "http://triton:9000/v1", "llama", 7, 0)
@@ -382,7 +382,7 @@ def test_ollama_backend_is_built_from_settings(monkeypatch):
     fake = types.ModuleType("langchain_ollama")
     fake.ChatOllama = lambda **kwargs: made.update(kwargs) or "chat-ollama"
     monkeypatch.setitem(sys.modules, "langchain_ollama", fake)
-    settings = Settings(provider="ollama", base_url="http://localhost:11434", model="llama3.2", timeout=9)
+    settings = AgentSettings(provider="ollama", base_url="http://localhost:11434", model="llama3.2", timeout=9)
     assert make_chat_model(settings) == "chat-ollama"
     assert (made["model"], made["base_url"], made["client_kwargs"]) == (
         "llama3.2", "http://localhost:11434", {"timeout": 9})
@@ -391,7 +391,7 @@ def test_ollama_backend_is_built_from_settings(monkeypatch):
 def test_missing_backend_package_is_a_settings_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "langchain_ollama", None)  # import fails
     with pytest.raises(SettingsError, match="pip install langchain-ollama"):
-        make_chat_model(Settings(provider="ollama", model="llama3.2"))
+        make_chat_model(AgentSettings(provider="ollama", model="llama3.2"))
 
 
 # --- CLI -------------------------------------------------------------------------------------------
