@@ -33,6 +33,22 @@ def upcast_uncast_layers(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn
     return model
 
 
+def return_freed_memory(threshold: int = 1 << 20) -> None:
+    """glibc: serve allocations >= `threshold` by mmap and give freed heap back above it (mallopt M_MMAP_THRESHOLD,
+    M_TRIM_THRESHOLD). With layerwise casting every forward allocates and frees an fp32 copy of each layer's weights;
+    glibc's dynamic mmap threshold (it rises to 32 MiB) then keeps them in the heap, and at full size the process
+    grew about 1 GiB per forward (5.7 GiB steady with this, measured 2026-12-03; docs/memory.md). No-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, threshold)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def load_unet(sdxl_dir: Path, device: str = "cpu", photomaker_file: Path | None = None, storage: str | None = None):
     """The SDXL UNet; with a PhotoMaker file its LoRA is fused in (the same UNet then serves both stages).
     `storage` (PORTRAIT_UNET_STORAGE): weights kept in that dtype and upcast layer by layer to the device's compute
@@ -50,6 +66,8 @@ def load_unet(sdxl_dir: Path, device: str = "cpu", photomaker_file: Path | None 
         fuse_photomaker_lora(unet, read_photomaker_file(photomaker_file)["lora_weights"])  # fused in load_dtype
     unet = unet.to(device)
     if storage is not None:
+        if device == "cpu":
+            return_freed_memory()
         # every layer, norms included: they were loaded in `storage` too (diffusers' default skips them, fp16 then)
         unet.enable_layerwise_casting(storage_dtype=load_dtype, compute_dtype=torch_dtype(device), skip_modules_pattern=())
         return upcast_uncast_layers(unet, torch_dtype(device)).eval()
