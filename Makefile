@@ -60,7 +60,8 @@ benchmark: $(STAMP) $(WEIGHTS)
 	$(PY) scripts/benchmark
 
 # real dimensions on CPU: builds weights/full (SDXL base 1.0 + PhotoMaker V2 shapes, random, ~8 GB) if missing,
-# serves it, runs one portrait request and compares stage 1 with diffusers; needs ~17 GB free RAM (docs/memory.md)
+# serves it, runs one portrait request and compares stage 1 with diffusers; fp32 needs a 32 GB host;
+# on 24 GB: PORTRAIT_UNET_STORAGE=float16 make full-size-check (about 16 GiB resident; docs/memory.md)
 full-size-check: $(STAMP)
 	$(PY) scripts/full_size_check --models $(CURDIR)/weights/full --out $(CURDIR)/out/full_size
 
