@@ -31,6 +31,8 @@ from portrait.settings import PROJECT_ROOT, Settings, get_settings
 logger = logging.getLogger("portrait.serve")
 
 MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
+# the BLS model(s) chaining the stages: a second --model-repository (the layout the specification gives)
+ENSEMBLES = PROJECT_ROOT / "ensembles"
 
 
 def model_repositories(settings: Settings, cache: Path) -> list[Path]:
@@ -38,7 +40,7 @@ def model_repositories(settings: Settings, cache: Path) -> list[Path]:
     a deployment choice (e.g. a TensorRT plan) that no caller sees. The `unet` model is left out unless
     PORTRAIT_SERVE_UNET or `unet_dir` asks for it: `denoise` holds the UNet, `unet` would be a second copy."""
     if settings.unet_dir is None and settings.serve_unet:
-        return [MODEL_REPOSITORY]
+        return [MODEL_REPOSITORY, ENSEMBLES]
     if settings.unet_dir is not None and not (settings.unet_dir / "config.pbtxt").exists():
         raise ServerError(f"PORTRAIT_UNET_DIR={settings.unet_dir} holds no config.pbtxt")
     merged = cache
@@ -48,7 +50,7 @@ def model_repositories(settings: Settings, cache: Path) -> list[Path]:
         if model.name == "unet" and settings.unet_dir is None:
             continue
         (merged / model.name).symlink_to(settings.unet_dir if model.name == "unet" else model, target_is_directory=True)
-    return [merged]
+    return [merged, ENSEMBLES]
 
 
 def pytriton_root() -> Path:
@@ -183,7 +185,7 @@ class Aborted(ServerError):
 
 @dataclass
 class TritonServer:
-    """A tritonserver child process serving model_repository/."""
+    """A tritonserver child process serving model_repository/ and ensembles/."""
 
     settings: Settings
     http_port: int

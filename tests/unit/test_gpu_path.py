@@ -12,7 +12,7 @@ import torch
 
 from portrait.models.export import INPUT_NAMES, UNetForExport, example_inputs, export_unet_onnx
 from portrait.models.sdxl import load_unet
-from portrait.serving.server import MODEL_REPOSITORY, model_repositories
+from portrait.serving.server import ENSEMBLES, MODEL_REPOSITORY, model_repositories
 from portrait.settings import get_settings
 
 
@@ -40,7 +40,8 @@ def test_unet_override_replaces_only_the_unet(tmp_path):
     plan_dir.mkdir()
     (plan_dir / "config.pbtxt").write_text('name: "unet"\nplatform: "tensorrt_plan"\n')
     settings = dataclasses.replace(get_settings(), unet_dir=plan_dir)
-    [merged] = model_repositories(settings, tmp_path / "repo")
+    merged, ensembles = model_repositories(settings, tmp_path / "repo")
+    assert ensembles == ENSEMBLES and (ENSEMBLES / "portrait" / "config.pbtxt").is_file()  # the second repository
     assert (merged / "unet").resolve() == plan_dir.resolve()
     assert (merged / "stage1").resolve() == (MODEL_REPOSITORY / "stage1").resolve()
     assert sorted(p.name for p in merged.iterdir()) == sorted(p.name for p in MODEL_REPOSITORY.iterdir() if p.is_dir())

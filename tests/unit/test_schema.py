@@ -13,7 +13,8 @@ from tritonclient.grpc import model_config_pb2
 
 from portrait import params as P
 
-REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+ROOT = Path(__file__).resolve().parents[2]
+REPOSITORIES = (ROOT / "model_repository", ROOT / "ensembles")  # served side by side (two --model-repository)
 CONFIG_TYPES = {"INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "FP32": "TYPE_FP32", "BYTES": "TYPE_STRING", "BOOL": "TYPE_BOOL"}
 # the inputs of each public model that are not request parameters, written out here as well as in params.MODELS
 EXTRA_INPUTS = {"stage1": set(), "face_detailer": {"image", "id_images"}, "portrait": {"detail", "id_images"}}
@@ -54,7 +55,7 @@ def mismatches(model: str, text: str) -> list[str]:
 
 
 def config_text(model: str) -> str:
-    return (REPOSITORY / model / "config.pbtxt").read_text()
+    return next(r / model / "config.pbtxt" for r in REPOSITORIES if (r / model).is_dir()).read_text()
 
 
 @pytest.mark.parametrize("model", sorted(P.MODELS))
@@ -71,7 +72,7 @@ def test_extra_inputs_are_the_listed_ones(model):
 
 def test_every_model_taking_a_seed_has_a_schema():
     """The models a user calls take `seed`; the internal ones (denoise: `seeds`, tensors) are not request schemas."""
-    public = {d.name for d in REPOSITORY.iterdir()
+    public = {d.name for r in REPOSITORIES for d in r.iterdir()
               if (d / "config.pbtxt").is_file() and "seed" in config_inputs((d / "config.pbtxt").read_text())}
     assert public == set(P.MODELS)
 
