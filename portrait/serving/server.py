@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from portrait.errors import ServerError
+from portrait.serving import metrics
 from portrait.settings import PROJECT_ROOT, Settings, get_settings
 
 logger = logging.getLogger("portrait.serve")
@@ -74,10 +75,14 @@ def backend_directory(cache: Path) -> Path:
     return target
 
 
-def server_environment(settings: Settings, drain_file: Path | None = None) -> dict[str, str]:
+def server_environment(settings: Settings, drain_file: Path | None = None,
+                       metrics_dir: Path | None = None) -> dict[str, str]:
     """The server's environment: its bundled libraries, this interpreter's libpython, the models' import paths,
-    the drain flag the models check, and a temporary directory under PORTRAIT_CACHE_DIR (read-only root)."""
+    the drain flag the models check, where the models write their metrics (portrait/serving/metrics.py), and a
+    temporary directory under PORTRAIT_CACHE_DIR (read-only root)."""
     env = dict(os.environ)
+    if metrics_dir is not None:
+        env[metrics.MULTIPROC_ENV] = str(metrics_dir)
     tmp = settings.cache_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     env["TMPDIR"] = str(tmp)  # portrait/serving/cancel.py's flags and anything else a model writes to a temp file
@@ -190,18 +195,21 @@ class TritonServer:
     settings: Settings
     http_port: int
     grpc_port: int
-    metrics_port: int
+    metrics_port: int  # the public metrics port: MetricsEndpoint (Triton's metrics + the models' portrait_*)
+    triton_metrics_port: int  # Triton's own metrics, on loopback only
     log_path: Path
     process: subprocess.Popen | None = None
     api_key: str = ""  # X-Portrait-Key of the restricted APIs: PORTRAIT_API_KEY, or random per server
     shm_regions: set[str] = field(default_factory=set)  # every region its stubs were seen with
+    endpoint: MetricsEndpoint | None = None  # started with the first start, kept over restarts
+    stub_pids: set[int] = field(default_factory=set)  # every stub seen (their live gauges go when they die)
 
     @classmethod
     def create(cls, settings: Settings | None = None, *, free_ports: bool = False, log_path: Path | None = None):
         settings = settings or get_settings()
         ports = [free_port() for _ in range(3)] if free_ports else [settings.http_port, settings.grpc_port, settings.metrics_port]
         log = log_path or settings.cache_dir / f"tritonserver-{ports[1]}.log"
-        return cls(settings, *ports, log_path=log, api_key=settings.api_key or secrets.token_urlsafe(24))
+        return cls(settings, *ports, free_port(), log_path=log, api_key=settings.api_key or secrets.token_urlsafe(24))
 
     @property
     def host(self) -> str:
@@ -231,8 +239,8 @@ class TritonServer:
         return [
             str(pytriton_root() / "tritonserver" / "bin" / "tritonserver"), *repos,
             f"--backend-directory={backend_directory(cache)}",
-            f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}",
-            f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
+            f"--http-address={host}", f"--grpc-address={host}", "--metrics-address=127.0.0.1",
+            f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.triton_metrics_port}",
             # closed by default: the APIs that change the server answer only with the key
             f"--http-restricted-api={restricted}:{API_KEY_HEADER}={self.api_key}",
             f"--grpc-restricted-protocol={restricted}:{API_KEY_HEADER.lower()}={self.api_key}",
@@ -247,11 +255,15 @@ class TritonServer:
 
         check_sdxl_dir(self.settings.sdxl_dir)  # a clear message instead of every model failing to load
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        rotate_log(self.log_path)  # a crashed run's log stays (.1, .2, ...): its last lines are the evidence
+        if self.endpoint is None:
+            self.endpoint = MetricsEndpoint(self).start()
         log = open(self.log_path, "wb")
         self.drain_file.unlink(missing_ok=True)
         self.shm_regions.clear()
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                        env=server_environment(self.settings, self.drain_file), start_new_session=True)
+                                        env=server_environment(self.settings, self.drain_file, self.metrics_dir),
+                                        start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -286,7 +298,38 @@ class TritonServer:
             return []
         found = [s for s in map(read_stub, children_of(self.process.pid)) if s is not None]
         self.shm_regions.update(s.shm_region for s in found if s.shm_region)
+        self.stub_pids.update(s.pid for s in found)
         return found
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where the model processes write their portrait_* metrics (portrait/serving/metrics.py)."""
+        return self.settings.cache_dir / f"metrics-{self.grpc_port}"
+
+    @property
+    def restarts(self) -> int:
+        """Restarts of tritonserver by its supervisor, kept in the metrics directory (it outlives the supervisor
+        process inside a pod: the cache is an emptyDir)."""
+        try:
+            return int((self.metrics_dir / "restarts").read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def count_restart(self) -> int:
+        self.metrics_dir.mkdir(parents=True, exist_ok=True)
+        (self.metrics_dir / "restarts").write_text(str(self.restarts + 1))
+        return self.restarts
+
+    def forget_dead_stubs(self) -> None:
+        """The live gauges (in flight, the scheduler's) of stubs that are gone stop counting."""
+        alive = {s.pid for s in self.stubs() if s.state not in ("Z", "X")} if self.process is not None else set()
+        for pid in self.stub_pids - alive:
+            metrics.process_dead(self.metrics_dir, pid)
+        self.stub_pids &= alive
+
+    def triton_metrics_text(self, timeout: float = 5.0) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.triton_metrics_port}/metrics", timeout=timeout) as r:
+            return r.read().decode()
 
     def remove_shm_regions(self) -> list[str]:
         """Unlink the /dev/shm regions of this server's stubs (a killed stub, or a server killed, leaves them)."""
@@ -371,13 +414,94 @@ class TritonServer:
                 break
             time.sleep(0.05)
         self.remove_shm_regions()
+        self.forget_dead_stubs()
         self.drain_file.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Stop the server and its metrics endpoint."""
+        self.stop()
+        if self.endpoint is not None:
+            self.endpoint.stop()
+            self.endpoint = None
 
     def __enter__(self):
         return self.start() if self.process is None else self
 
     def __exit__(self, *exc):
-        self.stop()
+        self.close()
+
+
+def exit_status(code: int | None) -> str:
+    """A child's return code as an operator reads it: -11 -> 'killed by SIGSEGV (-11)'."""
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name} ({code})"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
+def rotate_log(path: Path, keep: int = 5) -> None:
+    """tritonserver.log -> .log.1 -> ... -> .log.<keep> (the oldest dropped), so a restart never erases a crash."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    for i in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{i + 1}"))
+    path.replace(path.with_name(f"{path.name}.1"))
+
+
+class MetricsEndpoint:
+    """The public metrics port: Triton's own metrics (from its loopback port) followed by the models' portrait_*
+    metrics (prometheus_client multiprocess files) and portrait_server_restarts_total. One scrape target, as before;
+    it answers while Triton restarts (with the portrait_* part only)."""
+
+    def __init__(self, server: TritonServer):
+        self.server = server
+        self.http: ThreadingHTTPServer | None = None
+
+    def text(self) -> str:
+        parts = []
+        try:
+            parts.append(self.server.triton_metrics_text())
+        except OSError:
+            pass  # Triton is (re)starting: the portrait_* part still answers
+        parts.append(metrics.exposition(self.server.metrics_dir))
+        parts.append("# HELP portrait_server_restarts_total Restarts of tritonserver by portrait serve's supervisor\n"
+                     "# TYPE portrait_server_restarts_total counter\n"
+                     f"portrait_server_restarts_total {self.server.restarts}\n")
+        return "".join(p if p.endswith("\n") or not p else p + "\n" for p in parts)
+
+    def start(self) -> MetricsEndpoint:
+        metrics.prepare_directory(self.server.metrics_dir)
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                if self.path.split("?")[0].rstrip("/") != "/metrics":
+                    self.send_error(404)
+                    return
+                data = endpoint.text().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):  # scraped every few seconds
+                pass
+
+        self.http = QuietHTTPServer((self.server.settings.host, self.server.metrics_port), Handler)
+        self.http.daemon_threads = True
+        threading.Thread(target=self.http.serve_forever, daemon=True, name="metrics").start()
+        return self
+
+    def stop(self) -> None:
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+            self.http = None
 
 
 @dataclass
@@ -497,7 +621,7 @@ class Supervisor:
         """Why the server is failing now, or None."""
         process = self.server.process
         if process is None or process.poll() is not None:
-            return f"tritonserver exited ({None if process is None else process.returncode})"
+            return f"tritonserver exited ({exit_status(None if process is None else process.returncode)})"
         alive = {s.pid: s for s in self.server.stubs()}
         if self.missing > 0:
             return f"{self.missing} Python-backend stub(s) missing after the start (died while loading)"
@@ -516,6 +640,7 @@ class Supervisor:
             return self.loop()
         finally:
             self.server.stop(timeout=5)
+            self.server.close()
             if self.http is not None:
                 self.http.shutdown()
 
@@ -544,13 +669,14 @@ class Supervisor:
             if failure is not None:
                 self.health.triton_ready = self.health.stubs_alive = False
                 self.health.reason = failure
-                self.say(f"failure: {failure}; killing tritonserver (crash-only)")
+                self.say(f"failure: {failure}; killing tritonserver (crash-only); the last lines of its log "
+                         f"({self.server.log_path}, kept as .1 after the restart):\n{self.server.log_tail(25)}")
                 self.server.kill()
                 if self.exit_on_failure:
                     self.say(f"exiting {EXIT_FAILURE} (--exit-on-failure): the orchestrator restarts the server")
                     return EXIT_FAILURE
                 self.restarts += 1
-                self.say(f"restart {self.restarts}")
+                self.say(f"restart {self.restarts} (portrait_server_restarts_total {self.server.count_restart()})")
                 if self.signals:
                     return self.drain()
                 self.start_triton()

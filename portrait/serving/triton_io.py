@@ -36,6 +36,7 @@ def setup(args: dict) -> None:
     global _model
     _model = args.get("model_name") or _model
     setup_logging(f"portrait[{model_name()}]")  # stderr, which the stub shares with tritonserver's log
+    metrics.register(model_name())  # every outcome's series at 0 from the start
 
 
 def model_name() -> str:
