@@ -34,6 +34,8 @@ class Settings:
     # the denoise step scheduler (portrait/serving/step_scheduler.py, model_repository/denoise)
     max_rows: int = 16  # PORTRAIT_MAX_ROWS: UNet rows per forward (CFG doubles a request's rows)
     max_active: int = 32  # PORTRAIT_MAX_ACTIVE: requests denoising at once; later ones wait (the backlog)
+    admission: str = "continuous"  # PORTRAIT_ADMISSION: continuous | batch | sequential (docs/benchmarks.md)
+    request_deadline: float = 0.0  # PORTRAIT_REQUEST_DEADLINE: seconds a denoise request may take (0: none)
     unet_backend: str = "torch"  # PORTRAIT_UNET_BACKEND: torch | tensorrt (an engine run in-process, GPU only)
     unet_engine: Path | None = None  # PORTRAIT_UNET_ENGINE: the TensorRT engine file (scripts/export_unet_onnx.py --engine)
     serve_unet: bool = False  # PORTRAIT_SERVE_UNET=1: also serve the separate `unet` model (a second copy of the weights)
@@ -80,6 +82,8 @@ def get_settings() -> Settings:
         bls_timeout=float(env.get("PORTRAIT_BLS_TIMEOUT", "300")),
         max_rows=int(env.get("PORTRAIT_MAX_ROWS", "16")),
         max_active=int(env.get("PORTRAIT_MAX_ACTIVE", "32")),
+        admission=env.get("PORTRAIT_ADMISSION", "continuous"),
+        request_deadline=float(env.get("PORTRAIT_REQUEST_DEADLINE", "0")),
         unet_backend=env.get("PORTRAIT_UNET_BACKEND", "torch"),
         unet_engine=Path(env["PORTRAIT_UNET_ENGINE"]).expanduser().resolve() if env.get("PORTRAIT_UNET_ENGINE") else None,
         serve_unet=env.get("PORTRAIT_SERVE_UNET", "0").lower() in ("1", "true", "yes", "on"),

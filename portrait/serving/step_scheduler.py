@@ -7,14 +7,28 @@ inputs agree in every dimension but the row count (latent channels and size, emb
 concatenated, up to a row cap, round robin across requests. Between forwards it admits waiting
 requests, retires finished ones and stops cancelled ones. Idle, its thread waits on a condition.
 
+All torch work of the process runs on the scheduler's thread: loading and warming up the UNet (`loader`), each
+request's set-up (a Job's `steps` may be a function that builds the loop: noise, guides, conditioning tensors), the
+forwards and the final latents. Every thread that enters torch's intra-op parallelism gets an OpenMP team of its own,
+and two teams in one process fight for the cores (a forward on a worker thread took 2.4x longer once the main thread
+had run torch ops, issue 21); the Triton stub's thread only hands over numpy arrays and callbacks.
+
+Admission policies (the same scheduler, a different rule for who joins at a step boundary):
+- `continuous`: any waiting request joins at the next step boundary (up to `max_active`);
+- `batch`: request-level batching: the requests that arrived while a batch ran start together when it has finished
+  (what NVIDIA's Triton Stable Diffusion example and dynamic batchers do);
+- `sequential`: one request at a time (a script behind a server).
+
 Pure Python + torch (no Triton): the `denoise` model adapts it, the tests drive it with a fake UNet.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -22,10 +36,11 @@ from dataclasses import dataclass, field
 import torch
 
 from portrait.diffusion.loop import UNetCall
-from portrait.errors import Cancelled
+from portrait.errors import Cancelled, Unavailable
 
 Predict = Callable[[UNetCall], torch.Tensor]  # rows in, noise [R, C, h, w] out
 BucketKey = tuple
+POLICIES = ("continuous", "batch", "sequential")
 
 
 class ShuttingDown(Exception):
@@ -34,13 +49,18 @@ class ShuttingDown(Exception):
 
 @dataclass(eq=False)
 class Job:
-    """One request's loop and where its results go (callbacks run on the scheduler's thread)."""
+    """One request's loop and where its results go (callbacks run on the scheduler's thread).
 
-    steps: Generator[UNetCall, torch.Tensor, torch.Tensor]
+    `steps`: the loop, or a function that builds it, called on the scheduler's thread when the job is admitted (so
+    the request's tensors are made there; a failure fails this job alone). `deadline`: a time.monotonic() after which
+    the job fails with UNAVAILABLE (waiting or denoising)."""
+
+    steps: Generator[UNetCall, torch.Tensor, torch.Tensor] | Callable[[], Generator[UNetCall, torch.Tensor, torch.Tensor]]
     on_progress: Callable[[int, int], None]  # (steps done, steps in the run)
     on_done: Callable[[torch.Tensor], None]  # final latents
     on_error: Callable[[BaseException], None]
     cancelled: Callable[[], bool] = lambda: False
+    deadline: float | None = None
     call: UNetCall | None = field(default=None, repr=False)  # the pending UNet call once admitted
     seq: int = 0  # admission order, for FIFO tie-breaks
 
@@ -107,16 +127,27 @@ class SchedulerStats:
 class StepScheduler:
     """Admit at step boundaries; per tick one forward per chosen bucket; retire, cancel, fail alone.
 
+    `predict`: the UNet, or None with `loader`: a function returning it, run first on the scheduler's thread (`start`
+    waits for it and raises its error).
     `max_rows`: rows per forward (a request with more rows than that runs alone, in chunks of `max_rows`).
     `max_active`: requests in flight; the rest wait (FIFO) and count in the backlog.
+    `policy`: who joins at a step boundary (POLICIES, above).
     `observer(stats)` is called after every change of the counters (on the thread that made it).
     """
 
-    def __init__(self, predict: Predict, max_rows: int = 16, max_active: int = 32,
-                 observer: Callable[[SchedulerStats], None] | None = None):
+    def __init__(self, predict: Predict | None = None, max_rows: int = 16, max_active: int = 32,
+                 observer: Callable[[SchedulerStats], None] | None = None, policy: str = "continuous",
+                 loader: Callable[[], Predict] | None = None):
         if max_rows < 1 or max_active < 1:
             raise ValueError("max_rows and max_active must be at least 1")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        if (predict is None) == (loader is None):
+            raise ValueError("give the scheduler a predict function or a loader, not both")
         self.predict, self.max_rows, self.max_active, self.observer = predict, max_rows, max_active, observer
+        self.policy, self.loader = policy, loader
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
         self.stats = SchedulerStats()
         self._waiting: deque[Job] = deque()
         self._active: deque[Job] = deque()  # round-robin order: served jobs move to the back
@@ -147,8 +178,12 @@ class StepScheduler:
     # --- the scheduler thread ------------------------------------------------------------------
 
     def start(self, name: str = "step-scheduler") -> StepScheduler:
+        """Start the thread; with a loader, wait until it has loaded (its error is raised here)."""
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        self._loaded.wait()
+        if self._load_error is not None:
+            raise self._load_error
         return self
 
     def stop(self, error: BaseException | None = None, timeout: float = 30.0) -> None:
@@ -162,7 +197,16 @@ class StepScheduler:
             self._fail_all()
 
     def _run(self) -> None:
-        while True:
+        try:
+            if self.loader is not None:
+                self.predict = self.loader()
+        except BaseException as error:  # noqa: BLE001 - handed to start()'s caller
+            self._load_error = error
+            with self._lock:
+                self._stopping = error
+        finally:
+            self._loaded.set()
+        while self._load_error is None:
             with self._lock:
                 while not self._waiting and not self._active and self._stopping is None:
                     self._lock.wait()  # idle: asleep until a submit or stop
@@ -193,13 +237,31 @@ class StepScheduler:
         self._update_gauges()
         return rows
 
+    def _admission_limit(self) -> int:
+        """How many waiting requests may join now (under the lock)."""
+        if self.policy == "continuous":
+            return self.max_active - len(self._active)
+        if self._active:  # batch, sequential: nobody joins a running batch
+            return 0
+        return self.max_active if self.policy == "batch" else 1
+
     def _admit(self) -> None:
+        now = time.monotonic()
         with self._lock:
+            expired = [j for j in self._waiting if j.deadline is not None and now > j.deadline]
+            for job in expired:
+                self._waiting.remove(job)
             joining = []
-            while self._waiting and len(self._active) + len(joining) < self.max_active:
+            limit = self._admission_limit()
+            while self._waiting and len(joining) < limit:
                 joining.append(self._waiting.popleft())
-        for job in joining:  # the first call of a loop runs its set-up (schedule, guide): a bad one fails alone
+        for job in expired:
+            self._finish(job, error=Unavailable("service unavailable (the request waited past its deadline, "
+                                                "PORTRAIT_REQUEST_DEADLINE); retry later"))
+        for job in joining:  # the loop's set-up (tensors, schedule, guide) runs here: a bad one fails alone
             try:
+                if not inspect.isgenerator(job.steps):
+                    job.steps = job.steps()
                 job.call = next(job.steps)
             except StopIteration as done:  # a loop without steps
                 self._finish(job, latents=done.value)
@@ -211,9 +273,16 @@ class StepScheduler:
                 self._active.append(job)
 
     def _cancel(self) -> None:
+        now = time.monotonic()
         with self._lock:
             jobs = list(self._active)
         for job in jobs:
+            if job.deadline is not None and now > job.deadline:
+                self._remove(job)
+                self._finish(job, error=Unavailable(
+                    f"service unavailable (the request ran past its deadline at step {job.call.step} of "
+                    f"{job.call.num_steps}, PORTRAIT_REQUEST_DEADLINE); retry with fewer steps or pixels"))
+                continue
             try:
                 stop = job.cancelled()
             except Exception as error:  # a broken cancel check ends its own request only
@@ -305,7 +374,8 @@ class StepScheduler:
                 self._active.remove(job)
 
     def _finish(self, job: Job, latents: torch.Tensor | None = None, error: BaseException | None = None) -> None:
-        job.steps.close()
+        if inspect.isgenerator(job.steps):
+            job.steps.close()
         job.call = None
         try:
             if error is None:

@@ -302,3 +302,87 @@ def test_read_scheduler_metrics_sums_label_sets():
             'portrait_scheduler_forwards_total{model="denoise"} 12\nportrait_scheduler_forwards_total{model="x"} 3\n'
             'portrait_scheduler_backlog{model="denoise"} 2\nnv_inference_count{model="unet"} 9\n')
     assert read_scheduler_metrics(text) == {"portrait_scheduler_forwards_total": 15.0, "portrait_scheduler_backlog": 2.0}
+
+
+# --- admission policies, deadlines, the loader (issue 21, issue 20) -----------------------------------------------
+
+def admitted_together(policy: str) -> list[list[int]]:
+    """Three requests waiting, a fourth arriving after the first tick: which requests share each forward."""
+    unet = FakeUNet()
+    scheduler = StepScheduler(unet, max_rows=64, policy=policy)
+    recorders = [Recorder(t) for t in range(4)]
+    for r in recorders[:3]:
+        scheduler.submit(r.job(loop(r.tag, steps=3)))
+    scheduler.tick()
+    scheduler.submit(recorders[3].job(loop(3, steps=3)))
+    drain(scheduler)
+    for r in recorders:
+        assert r.error is None and r.latents is not None
+        torch.testing.assert_close(r.latents, alone(tag=r.tag, steps=3), rtol=0, atol=0)
+    return [tags for _, _, tags in unet.forwards]
+
+
+def test_continuous_admits_at_the_next_step_boundary():
+    assert admitted_together("continuous") == [[0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 3], [3]]
+
+
+def test_batch_starts_late_arrivals_together_after_the_running_batch():
+    assert admitted_together("batch") == [[0, 1, 2], [0, 1, 2], [0, 1, 2], [3], [3], [3]]
+
+
+def test_sequential_runs_one_request_at_a_time():
+    assert admitted_together("sequential") == [[0]] * 3 + [[1]] * 3 + [[2]] * 3 + [[3]] * 3
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(ValueError, match="policy must be one of continuous, batch, sequential"):
+        StepScheduler(FakeUNet(), policy="fifo")
+
+
+def test_a_request_past_its_deadline_fails_alone_with_unavailable():
+    import time
+
+    from portrait.errors import Unavailable
+
+    scheduler = StepScheduler(FakeUNet(), max_rows=64)
+    late, on_time = Recorder(0), Recorder(1)
+    job = late.job(loop(0, steps=4))
+    job.deadline = time.monotonic() + 0.05
+    scheduler.submit(job)
+    scheduler.submit(on_time.job(loop(1, steps=4)))
+    scheduler.tick()
+    time.sleep(0.1)
+    drain(scheduler)
+    assert isinstance(late.error, Unavailable) and "deadline" in str(late.error)
+    assert late.progress == [(1, 4)]
+    torch.testing.assert_close(on_time.latents, alone(tag=1, steps=4), rtol=0, atol=0)
+
+
+def test_jobs_built_on_the_scheduler_thread_and_the_loader_runs_there():
+    threads = {}
+
+    def loader():
+        threads["loader"] = threading.current_thread()
+        return FakeUNet()
+
+    def build():
+        threads["build"] = threading.current_thread()
+        return loop(5, steps=2)
+
+    scheduler = StepScheduler(None, loader=loader).start()
+    try:
+        recorder = Recorder(5)
+        scheduler.submit(recorder.job(build))
+        assert recorder.ended.wait(30) and recorder.error is None
+    finally:
+        scheduler.stop()
+    assert threads["loader"] is threads["build"] is scheduler._thread
+    torch.testing.assert_close(recorder.latents, alone(tag=5, steps=2), rtol=0, atol=0)
+
+
+def test_a_failing_loader_fails_start():
+    def loader():
+        raise OSError("no weights here")
+
+    with pytest.raises(OSError, match="no weights here"):
+        StepScheduler(None, loader=loader).start()

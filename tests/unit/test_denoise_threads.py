@@ -1,0 +1,145 @@
+"""Every torch op of the `denoise` process runs on the step scheduler's thread (issue 21).
+
+Each thread that enters torch's intra-op parallelism gets an OpenMP team of its own and two teams fight for the cores:
+a UNet forward on a worker thread took 2.4x longer once the main thread had run torch ops. So the stub's thread (the
+one calling `initialize` and `execute`) must run none: this drives model_repository/denoise/1/model.py with a
+stand-in for the stub's module, records every aten op dispatched on the calling thread (dispatch modes are
+thread-local: the scheduler's thread is not recorded), and checks the answer against the same loop run in-process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import threading
+import types
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from portrait.settings import PROJECT_ROOT
+
+
+class RecordOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+class Tensor:
+    def __init__(self, name, array):
+        self.name, self.array = name, array
+
+    def as_numpy(self):
+        return self.array
+
+
+class Response:
+    def __init__(self, output_tensors=None, error=None):
+        self.outputs = {t.name: t.array for t in output_tensors or []}
+        self.error_value = error
+
+
+class Sender:
+    def __init__(self):
+        self.responses, self.final = [], threading.Event()
+
+    def send(self, response=None, flags=0):
+        self.responses.append(response)
+        if flags:
+            self.final.set()
+
+
+class Request:
+    def __init__(self, inputs: dict[str, np.ndarray]):
+        self.inputs = {k: Tensor(k, v) for k, v in inputs.items()}
+        self.sender = Sender()
+
+    def get_response_sender(self):
+        return self.sender
+
+    def is_cancelled(self):
+        return False
+
+    def parameters(self):
+        return "{}"
+
+    def trace(self):
+        return None
+
+
+class TritonError(Exception):
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
+
+    def __init__(self, message, code=1):
+        super().__init__(message)
+        self._message, self._code = message, code
+
+    def message(self):
+        return self._message
+
+    def code(self):
+        return self._code
+
+
+@pytest.fixture
+def denoise_model(monkeypatch, models_dir):
+    fake = types.SimpleNamespace(
+        Tensor=Tensor, InferenceResponse=Response, TritonError=TritonError, TRITONSERVER_RESPONSE_COMPLETE_FINAL=1,
+        get_input_tensor_by_name=lambda request, name: request.inputs.get(name))
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    import portrait.serving.triton_io as triton_io
+
+    importlib.reload(triton_io)
+    spec = importlib.util.spec_from_file_location("denoise_model", PROJECT_ROOT / "model_repository/denoise/1/model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    monkeypatch.delitem(sys.modules, "triton_python_backend_utils")
+
+
+def stage1_inputs(dims, seed: int = 3, size: int = 64) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    embeds = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    return {"seeds": np.array([seed], np.int64), "height": np.array([size], np.int32), "width": np.array([size], np.int32),
+            "steps": np.array([3], np.int32), "guidance_scale": np.array([5.0], np.float32),
+            "guidance_cutoff": np.array([0.2], np.float32),
+            "prompt_embeds": embeds(1, 77, dims.cross_attention_dim), "pooled_prompt_embeds": embeds(1, dims.pooled_dim),
+            "negative_prompt_embeds": embeds(1, 77, dims.cross_attention_dim),
+            "negative_pooled_prompt_embeds": embeds(1, dims.pooled_dim)}
+
+
+def test_the_stub_thread_runs_no_torch_op(denoise_model, sdxl_dir):
+    from portrait.diffusion.loop import run_denoise
+    from portrait.models.checkpoint import read_sdxl_info
+    from portrait.models.unet_runner import UNetDims, load_predictor
+    from portrait.serving.denoise_job import SCALARS, denoise_loop
+    from portrait.settings import get_settings
+
+    dims = UNetDims.read(sdxl_dir)
+    inputs = stage1_inputs(dims)
+    request = Request(inputs)
+    model = denoise_model.TritonPythonModel()
+    with RecordOps() as recorded:
+        model.initialize({"model_name": "denoise", "model_config": json.dumps({"parameters": {}})})
+        model.execute([request])
+        assert request.sender.final.wait(120), "no final response"
+    model.finalize()
+    assert recorded.ops == [], f"the stub's thread ran {len(recorded.ops)} torch ops, first {recorded.ops[:5]}"
+
+    final = request.sender.responses[-1]
+    assert final.error_value is None, final.error_value
+    steps = [r.outputs["step"][0] for r in request.sender.responses[:-1]]
+    assert steps == [1, 2, 3]
+    # the same loop in-process on this thread: the scheduler's thread computed the same latents
+    scalars = {k: (inputs[k].reshape(-1)[0].item() if k in inputs else None) for k in SCALARS}
+    predict = load_predictor(get_settings())
+    expected = run_denoise(denoise_loop(inputs, scalars, read_sdxl_info(sdxl_dir), dims), predict)
+    np.testing.assert_allclose(final.outputs["latents"], expected.numpy(), rtol=0, atol=1e-5)
