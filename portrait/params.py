@@ -26,7 +26,8 @@ STEPS_MIN, STEPS_MAX = 1, 150
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 BATCH_MIN, BATCH_MAX = 1, 8
 SEED_MAX = 2**63 - 1
-MAX_IMAGE_PIXELS = 4096 * 4096  # larger images and uploads are rejected (uploads before decoding)
+MAX_IMAGE_PIXELS = 4096 * 4096  # larger uploads are rejected before decoding; served images: image_pixel_limit()
+MEGAPIXEL = 2**20  # the unit of the per-request cost budget (check_cost)
 MAX_FACES_LIMIT = 8  # the VAE models batch up to 8 crops; the UNet 16 rows (CFG)
 MARGIN_MIN, MARGIN_MAX = 0.0, 2.0
 STRENGTH_MIN, STRENGTH_MAX = 0.0, 1.0  # img2img strength; it must also run one step (check_strength)
@@ -133,6 +134,7 @@ class Stage1Params(SamplingParams):
     def __post_init__(self):
         super().__post_init__()
         check_seed_offsets(self.seed, self.batch_size, "batch_size")
+        check_cost(self.batch_size, self.height, self.width, self.steps, "batch_size")
 
     @property
     def seeds(self) -> list[int]:
@@ -157,6 +159,7 @@ class DetailParams(SamplingParams):
         super().__post_init__()
         check_strength(self.steps, self.strength)
         check_seed_offsets(self.seed, self.max_faces, "max_faces")
+        check_cost(self.max_faces, self.work_size, self.work_size, steps_run(self.steps, self.strength), "max_faces")
 
 
 # --- the models' inputs: which params each public model takes, and its inputs that are not parameters -----------------
@@ -267,6 +270,31 @@ def check_seed_offsets(seed: int, count: int, by: str) -> None:
                                    f"got {seed} + {count} - 1")
 
 
+def request_cost_limit() -> float:
+    """The per-request budget in megapixel-steps (PORTRAIT_MAX_REQUEST_COST)."""
+    from portrait.settings import get_settings
+
+    return get_settings().max_request_cost
+
+
+def check_cost(images: int, height: int, width: int, steps: int, images_name: str) -> None:
+    """The per-request budget: height x width x images x the steps that run, in megapixel-steps (2^20 pixels x one
+    step), at most PORTRAIT_MAX_REQUEST_COST, so one request cannot hold the UNet for minutes. Stage 1: the batch;
+    stage 2 and denoise: the faces (rows) at work_size. Named after `steps`, the factor every request can lower."""
+    cost, limit = height * width * images * steps / MEGAPIXEL, request_cost_limit()
+    if cost > limit:
+        raise InvalidInput("steps", f"the request costs {height} x {width} pixels x {images} ({images_name}) x {steps} "
+                                    f"steps = {cost:g} megapixel-steps, over the per-request budget of {limit:g} "
+                                    "(PORTRAIT_MAX_REQUEST_COST): lower the size, the images or the steps")
+
+
+def image_pixel_limit() -> int:
+    """Pixels of one image a model takes (PORTRAIT_MAX_IMAGE_PIXELS; never over MAX_IMAGE_PIXELS)."""
+    from portrait.settings import get_settings
+
+    return min(get_settings().max_image_pixels, MAX_IMAGE_PIXELS)
+
+
 def check_finite(name: str, array: Any) -> None:
     """Every value of a float tensor finite: a NaN or inf would run through the model and come out as noise."""
     import numpy as np
@@ -284,14 +312,16 @@ def check_shape(name: str, array: Any, expected: tuple) -> None:
 
 
 def check_image_array(name: str, image: Any, multiple: int = 1, batched: bool = False) -> None:
-    """A uint8 RGB tensor [H, W, 3] (or [B, H, W, 3]) with 1..MAX_IMAGE_PIXELS pixels, sides a multiple of `multiple`."""
+    """A uint8 RGB tensor [H, W, 3] (or [B, H, W, 3]) with 1..image_pixel_limit() pixels each, sides a multiple of
+    `multiple`."""
     check_shape(name, image, (None,) * (4 if batched else 3))
     h, w, c = image.shape[-3:]
     if c != 3:
         raise InvalidInput(name, f"must have 3 channels (RGB) in its last dimension, got {c}")
-    if h < multiple or w < multiple or h * w > MAX_IMAGE_PIXELS:
-        raise InvalidInput(name, f"must be at least {multiple}x{multiple} and at most {MAX_IMAGE_PIXELS} pixels, "
-                                 f"got {h}x{w}")
+    limit = image_pixel_limit()
+    if h < multiple or w < multiple or h * w > limit:
+        raise InvalidInput(name, f"must be at least {multiple}x{multiple} and at most {limit} pixels "
+                                 f"(PORTRAIT_MAX_IMAGE_PIXELS), got {h}x{w}")
     if h % multiple or w % multiple:
         raise InvalidInput(name, f"height and width must be multiples of {multiple}, got {h}x{w}")
     if batched and not 1 <= image.shape[0] <= MAX_FACES_LIMIT:
@@ -354,3 +384,4 @@ class DenoiseParams:
         for seed in self.seeds:
             check_int_range("seeds", seed, 0, SEED_MAX)
         check_strength(self.steps, self.strength)
+        check_cost(len(self.seeds), self.height, self.width, steps_run(self.steps, self.strength), "seeds")

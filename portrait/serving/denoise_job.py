@@ -97,8 +97,8 @@ def image_guide(arrays: Arrays, params: DenoiseParams, noise: torch.Tensor) -> I
         return None
     if tuple(latents.shape) != tuple(noise.shape):
         raise InvalidInput("image_latents", f"must have shape {list(noise.shape)}, got {list(latents.shape)}")
-    if change is None:
-        change = np.ones((noise.shape[0], 1, params.height, params.width), np.float32)  # plain img2img
+    if change is None:  # refused as change_map without image_latents is: text-to-image would run in silence
+        raise InvalidInput("change_map", "is required with image_latents (all ones for plain img2img)")
     if change.shape != (noise.shape[0], 1, params.height, params.width):
         raise InvalidInput("change_map", f"must have shape {[noise.shape[0], 1, params.height, params.width]}, "
                                          f"got {list(change.shape)}")
