@@ -16,6 +16,9 @@ log = logging.getLogger("portrait.metrics")
 OUTCOMES = ("success", "invalid_arg", "cancelled", "unavailable", "internal")
 # seconds: a text encoding on a GPU (~10 ms) up to a full portrait on CPU (minutes)
 DURATION_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]
+# ArcFace cosine of a detailed face to the identity it was given: unrelated faces sit near 0, the same person
+# above ~0.3 with real weights (papers report 1 - cosine, e.g. 0.21 for InfiniteYou)
+SIMILARITY_BUCKETS = [-0.2, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 
 
 class ModelMetrics:
@@ -41,6 +44,9 @@ class ModelMetrics:
                                description="Requests with identity photos (PhotoMaker V2)"),
             "cancellations": family(name="portrait_cancellations_total", kind=family.COUNTER,
                                     description="Requests cancelled by their client"),
+            "similarity": family(name="portrait_identity_similarity", kind=family.HISTOGRAM,
+                                 description="ArcFace cosine similarity of each detailed face to the identity it "
+                                             "was given (one observation per face with an identity)"),
         }
         labels = {"model": model}
         self.outcomes = {o: self.families["requests"].Metric(labels={**labels, "outcome": o}) for o in OUTCOMES}
@@ -49,6 +55,7 @@ class ModelMetrics:
         self.faces = self.families["faces"].Metric(labels={})
         self.identity = self.families["identity"].Metric(labels=labels)
         self.cancellations = self.families["cancellations"].Metric(labels=labels)
+        self.similarity = self.families["similarity"].Metric(labels=labels, buckets=SIMILARITY_BUCKETS)
 
 
 _metrics: ModelMetrics | None = None
@@ -64,6 +71,13 @@ def _get(model: str) -> ModelMetrics | None:
             _disabled = True
             log.warning("custom metrics disabled in this process", exc_info=True)
     return _metrics
+
+
+def initialise(model: str) -> None:
+    """Create this process's metrics at load, every outcome's counter at 0: a series born on the first request is
+    invisible to rate() and increase() (no earlier sample), so the first failure after a start would never count.
+    Call once from the model's initialize (triton_io.setup)."""
+    _get(model)
 
 
 def _apply(model: str, what: str, value: float, method: str = "increment") -> None:
@@ -104,3 +118,9 @@ def faces_detailed(model: str, count: int) -> None:
 
 def identity_request(model: str) -> None:
     _apply(model, "identity", 1)
+
+
+def identity_similarity(model: str, values) -> None:
+    """Each detailed face's cosine similarity to its own identity (DetailResult.assigned_similarity)."""
+    for value in values:
+        _apply(model, "similarity", float(value), "observe")
