@@ -37,6 +37,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps open-clip-torch==3.3.0
 	# its model_zoo code and sample photos; its declared deps include opencv-python, which fights -headless
 	$(PY) -m pip install -q --no-deps insightface==2.1
+	# the offline face detector (BlazeFace + FaceMesh inside the wheel); its declared deps would bring opencv-contrib's
+	# cv2 over -headless's and jax (pyproject.toml lists what mp.solutions imports)
+	$(PY) -m pip install -q --no-deps mediapipe==0.10.21
 	touch $(STAMP)
 
 weights: $(WEIGHTS)
