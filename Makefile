@@ -21,7 +21,7 @@ test: $(STAMP) $(WEIGHTS) .venv-deploy/.installed  # tests/unit/test_infra.py ne
 	$(PY) -m pytest -q
 
 .PHONY: test-unit
-test-unit: $(STAMP) $(WEIGHTS)
+test-unit: $(STAMP) $(WEIGHTS) .venv-deploy/.installed  # tests/unit/test_infra.py needs the deploy tools
 	$(PY) -m pytest -q tests/unit
 
 install: $(STAMP)
@@ -108,7 +108,7 @@ stack-image: base-image
 
 # server + UI + Prometheus + S3 (moto) in one pod, from infra/k8s/local (the base Deployment + three containers)
 stack: image stack-image
-	$(DEPLOY_VENV)/bin/kubectl kustomize --load-restrictor LoadRestrictionsNone infra/k8s/local > build/deploy/stack.yaml
+	$(DEPLOY_VENV)/bin/kubectl kustomize infra/k8s/local > build/deploy/stack.yaml
 	podman kube play build/deploy/stack.yaml
 	@echo "UI http://127.0.0.1:8501  Prometheus http://127.0.0.1:9090  health http://127.0.0.1:8003/v2/health/ready" \
 		"(the server takes minutes to load; make stack-down stops it)"
