@@ -8,13 +8,17 @@ WEIGHTS := $(PORTRAIT_MODELS)/sdxl/model_index.json
 
 .PHONY: demo test install weights serve ui benchmark full-size-check clean
 
+# a portrait with one identity, the astronaut's face detailed, then a group photo (insightface's t1.jpg) whose faces
+# get two people cropped from it, by match, with the similarity of every face to every identity printed
 demo: $(STAMP) $(WEIGHTS)
-	@mkdir -p out/demo
-	$(PY) -c "import PIL.Image as I, skimage, pathlib; p = pathlib.Path(skimage.__file__).parent / 'data/astronaut.png'; I.open(p).save('out/demo/face.png')"
+	$(PY) scripts/demo_photos.py out/demo
 	$(VENV)/bin/portrait generate --prompt "portrait of a woman img, oil painting, warm rim light, detailed" \
 		--negative-prompt "blurry, low quality" --face out/demo/face.png --seed 42 --out out/demo/portrait.png
 	$(VENV)/bin/portrait detail --image out/demo/face.png --face out/demo/face.png \
 		--prompt "portrait photo of a woman img, detailed skin" --seed 42 --out out/demo/face_detailed.png
+	$(VENV)/bin/portrait detail --image out/demo/group.png --identity out/demo/person1.png \
+		--identity out/demo/person2.png --assign match --max-faces 3 --prompt "photo of a person img, detailed skin" \
+		--seed 42 --out out/demo/group_detailed.png
 
 test: $(STAMP) $(WEIGHTS) .venv-deploy/.installed  # tests/unit/test_infra.py needs the deploy tools (make deploy-tools)
 	$(VENV)/bin/ruff check .

@@ -254,6 +254,11 @@ def cmd_detail(args) -> int:
     print(f"{out.faces_found} face(s) detailed" if out.faces_found else "no face found: the image is unchanged",
           file=sys.stderr)
     if out.faces_found and (people.count or people.face_prompts):
+        from portrait.app.production import identity_record, label_faces
+
+        faces_path = args.out.with_name(f"{args.out.stem}_faces{args.out.suffix}")
+        label_faces(out.image, identity_record(out.boxes, out.identity)).save(faces_path)
+        print(f"{faces_path}  (each face's box, identity and similarity)")
         print(identity_table(out.boxes, out.identity))
     return 0
 
@@ -399,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_field_argument(detail, DetailParams, "work_size", "crop side the face is magnified to", default=None,
                        default_help="the model's native size")
     add_identity_arguments(detail)
-    detail.add_argument("--out", type=Path, default=Path("out/detail.png"), help="also writes <out>_mask.png")
+    detail.add_argument("--out", type=Path, default=Path("out/detail.png"), help="also writes <out>_mask.png (and with "
+                        "identities <out>_faces.png: each face's box labelled with its identity and similarity)")
     detail.add_argument("--url", default=None)
     detail.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     detail.set_defaults(func=cmd_detail)
