@@ -147,9 +147,10 @@ def onnx_float_types(onnx_path: Path) -> set[str]:
     return {names[t.data_type] for t in model.graph.initializer if t.data_type in names}
 
 
-# the hardware-compatibility level of the engines we build: one engine file for every GPU family from Ampere on
-# (the GPU overlay's node tiers may be two families and PORTRAIT_UNET_ENGINE names one file); None: this GPU only
-HARDWARE_COMPATIBILITY = "AMPERE_PLUS"
+# the hardware-compatibility level of the engines we build: None = this GPU family only, at full speed. The GPU
+# overlay loads one engine per family (/models/engines/sm<major><minor>/unet.plan, scripts/build_unet_trt.sh);
+# "AMPERE_PLUS" makes one file that loads on every family from Ampere on, at some cost in speed (docs/gpu.md)
+HARDWARE_COMPATIBILITY: str | None = None
 
 
 def build_unet_engine(onnx_path: Path, engine_path: Path, cross_attention_dim: int = 2048, pooled_dim: int = 1280,

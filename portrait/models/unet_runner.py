@@ -242,20 +242,6 @@ class TensorRTPredictor:
         return result
 
 
-def engine_file(settings) -> Path:
-    """PORTRAIT_UNET_ENGINE (default <cache>/unet.plan); `{sm}` in it becomes this GPU's compute capability (sm90)
-    and `{trt}` the TensorRT version, for deployments that keep one engine per GPU family and TensorRT release."""
-    path = str(settings.unet_engine or settings.cache_dir / "unet.plan")
-    if "{sm}" in path:
-        major, minor = torch.cuda.get_device_capability(torch.device(settings.device))
-        path = path.replace("{sm}", f"sm{major}{minor}")
-    if "{trt}" in path:
-        import tensorrt as trt
-
-        path = path.replace("{trt}", str(trt.__version__))
-    return Path(path)
-
-
 def load_predictor(settings, backend: str | None = None):
     """The configured predictor (settings.unet_backend on settings.device), PhotoMaker's LoRA fused when present."""
     from portrait.models.sdxl import load_unet
@@ -266,7 +252,9 @@ def load_predictor(settings, backend: str | None = None):
     if backend == "tensorrt":
         if not settings.device.startswith("cuda"):
             raise ModelSetError("PORTRAIT_UNET_BACKEND=tensorrt needs PORTRAIT_DEVICE=cuda")
-        return TensorRTPredictor(engine_file(settings), UNetDims.read(settings.sdxl_dir), settings.device)
+        # the GPU overlay points PORTRAIT_UNET_ENGINE at its GPU family's engine (/models/engines/sm<cc>/unet.plan)
+        engine = settings.unet_engine or settings.cache_dir / "unet.plan"
+        return TensorRTPredictor(engine, UNetDims.read(settings.sdxl_dir), settings.device)
     raise ModelSetError(f"PORTRAIT_UNET_BACKEND must be torch or tensorrt, got {backend!r}")
 
 

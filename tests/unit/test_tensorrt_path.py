@@ -161,7 +161,8 @@ def test_tensorrt_below_10_is_refused():
 def test_tensorrt_10_build_sets_the_fp16_flag_and_hardware_compatibility(tmp_path):
     log = Recorder()
     trt = fake_tensorrt("10.7.0", log)
-    build_unet_engine(tiny_onnx(tmp_path / "u.onnx", np.float32), tmp_path / "u.plan", trt=trt)
+    build_unet_engine(tiny_onnx(tmp_path / "u.onnx", np.float32), tmp_path / "u.plan", trt=trt,
+                      hardware_compatibility="AMPERE_PLUS")
     assert ("create_network", 0) in log.calls  # weakly typed; EXPLICIT_BATCH is gone in 10
     [build] = [c for c in log.calls if c[0] == "build"]
     assert build == ("build", [trt.BuilderFlag.FP16], trt.HardwareCompatibilityLevel.AMPERE_PLUS, 2)
@@ -174,7 +175,7 @@ def test_tensorrt_11_build_is_strongly_typed_without_the_removed_flag(tmp_path):
     build_unet_engine(tiny_onnx(tmp_path / "u.onnx", np.float16), tmp_path / "u.plan", trt=trt)
     assert ("create_network", 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) in log.calls
     [build] = [c for c in log.calls if c[0] == "build"]
-    assert build[1] == []  # no builder precision flag at all
+    assert build[1] == [] and build[2] == 0  # no builder precision flag at all; by default this GPU family only
     with pytest.raises(RuntimeError, match="float16"):  # an fp32 graph would give an fp32 engine
         build_unet_engine(tiny_onnx(tmp_path / "f.onnx", np.float32), tmp_path / "f.plan", trt=trt)
 
