@@ -107,12 +107,13 @@ MESH_LANDMARKS = 478
 
 
 class MediaPipeFaceDetector:
-    """BlazeFace full-range finds faces, FaceMesh (478 landmarks) runs on each one's crop and confirms it.
+    """BlazeFace (short and full range) finds faces, FaceMesh (478 landmarks) runs on each one's crop and confirms it.
 
-    BlazeFace sees its input at 192 x 192, so a face of 80 px in a 1280 px group photo would shrink to 12 px: it runs
-    on overlapping square windows (the short side, then half of it) and OpenCV's NMS merges what they find. FaceMesh
-    runs on a square crop twice the face's size, where its own detector sees a large face; a detection that FaceMesh
-    finds no face in is dropped. Boxes are the bounding boxes of the landmarks' face oval; scores are BlazeFace's.
+    BlazeFace sees its input at 128 or 192 px, so a face of 80 px in a 1280 px group photo would shrink to 12 px: it
+    runs on overlapping square windows (the short side, then half of it) and OpenCV's NMS merges what they find.
+    FaceMesh runs on a square crop twice the face's size, where its own detector sees a large face; a detection that
+    FaceMesh finds no face in is dropped. Boxes are the bounding boxes of the landmarks' face oval (what the mask
+    covers); scores are BlazeFace's. Measured against Haar in docs/faces.md.
     """
 
     def __init__(self, threshold: float = 0.5, mesh_threshold: float = 0.5, crop_size: int = 256):
@@ -157,8 +158,8 @@ class MediaPipeFaceDetector:
         scale = self.crop_size / side
         origin = center - side / 2
         to_crop = np.array([[scale, 0, -origin[0] * scale], [0, scale, -origin[1] * scale]], np.float32)
-        crop = cv2.warpAffine(image, to_crop, (self.crop_size, self.crop_size), flags=cv2.INTER_AREA if scale < 1
-                              else cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        crop = cv2.warpAffine(image, to_crop, (self.crop_size, self.crop_size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
         meshes = self.mesh.process(crop).multi_face_landmarks or []
         if not meshes:
             return None
