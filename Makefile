@@ -72,6 +72,41 @@ benchmark: $(STAMP) $(WEIGHTS)
 full-size-check: $(STAMP)
 	$(PY) scripts/full_size_check --models $(CURDIR)/weights/full --out $(CURDIR)/out/full_size
 
+# ---- the lent GPU machine (docs/gpu.md) ----
+# gpu-check-bundle: the one wheel scripts/gpu_check needs there (diffusers is pure Python; the machine has its deps);
+# gpu-rehearsal: gpu_check --smoke the way that machine runs it (Python 3.12, torch 2.11 cu130 wheel, numpy 2,
+# huggingface-hub 1.33, no diffusers installed, no network, python -I, a time limit); must reach the end and pass
+GPU_BUNDLE    := build/gpu-check
+GPU_WHEEL     := $(GPU_BUNDLE)/wheels/diffusers-0.42.1-py3-none-any.whl
+GPU_REHEARSAL := build/gpu-rehearsal
+PYTHON312     ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
+NO_NETWORK    := $(if $(shell unshare -rn true 2>/dev/null && echo y),unshare -rn,)
+
+.PHONY: gpu-check-bundle gpu-rehearsal
+gpu-check-bundle: $(GPU_WHEEL)
+	@echo "device run: carry [\"$(GPU_BUNDLE)\"], timeout_s 560, command:"
+	@echo '  PYTHONUNBUFFERED=1 timeout -s TERM 500 python3 scripts/gpu_check --out $$OUT/gpu_check.json 2>&1 | tee $$OUT/gpu_check.log'
+
+$(GPU_WHEEL):
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d $(GPU_BUNDLE)/wheels diffusers==0.42.1
+
+$(GPU_REHEARSAL)/venv/.installed:
+	@test -n "$(PYTHON312)" || { echo "no python3.12 (pyenv install 3.12)" >&2; exit 1; }
+	$(PYTHON312) -m venv $(GPU_REHEARSAL)/venv
+	$(GPU_REHEARSAL)/venv/bin/pip install -q torch==2.11.0 "numpy>=2.2,<3" huggingface-hub==1.33.0 "safetensors>=0.8" \
+		regex requests filelock pillow
+	touch $@
+
+gpu-rehearsal: $(GPU_WHEEL) $(GPU_REHEARSAL)/venv/.installed
+	@! $(GPU_REHEARSAL)/venv/bin/python -c "import diffusers" 2>/dev/null || { echo "diffusers must not be installed" >&2; exit 1; }
+	rm -f $(GPU_REHEARSAL)/gpu_check.json
+	$(NO_NETWORK) env -i PATH=/usr/bin:/bin HOME=$(CURDIR)/$(GPU_REHEARSAL) PYTHONUNBUFFERED=1 \
+		timeout -s TERM 600 $(GPU_REHEARSAL)/venv/bin/python -I scripts/gpu_check --smoke --device cpu \
+		--out $(GPU_REHEARSAL)/gpu_check.json
+	$(GPU_REHEARSAL)/venv/bin/python -I -c "import json, sys; r = json.load(open('$(GPU_REHEARSAL)/gpu_check.json')); \
+		print({k: r[k] for k in ('python', 'torch', 'numpy', 'diffusers', 'diffusers_from', 'seconds', 'ok')}); \
+		sys.exit(0 if r['ok'] and 'gpu-check-libs-' in r['diffusers_from'] else 1)"
+
 clean:
 	rm -rf $(VENV) out .cache weights .pytest_cache
 
