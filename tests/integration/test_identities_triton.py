@@ -3,6 +3,8 @@ identity check on every output (from the returned pixels), and every bad request
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -131,7 +133,7 @@ def test_bad_identities_name_the_field_and_the_limit(grpc_client, http_client, g
         "match without identities": dict(photos=None, assign="match"),
     }[case]
     for client in (grpc_client, http_client):
-        with pytest.raises(InvalidInput, match=message) as error:
+        with pytest.raises(InvalidInput, match=re.escape(message)) as error:
             raw_detail(client, **request)
         assert error.value.field == field
     assert raw_detail(grpc_client, [a, b], [0, 1])["face_identity"].tolist() == [0, 1, -1]  # still serving
@@ -149,3 +151,15 @@ def test_portrait_stream_returns_the_identity_check_of_its_stage_2(grpc_client, 
     assert np.array_equal(alone.boxes, out.boxes)
     assert np.array_equal(alone.identity.face_identity, out.identity.face_identity)
     np.testing.assert_allclose(alone.identity.similarity, out.identity.similarity, atol=1e-3)
+
+
+def test_every_assigned_face_is_observed_in_the_similarity_histogram(server, grpc_client, group):
+    from tests.helpers import metric_total
+
+    names = ("portrait_identity_similarity_count", "portrait_identity_similarity_sum")
+    before = [metric_total(server, (n,), ("face_detailer",)) for n in names]
+    out = grpc_client.detail(png(group["photo"]), params(), identities=[[group["crops"][0]], [group["crops"][1]]])
+    own = [out.identity.similarity[f, k] for f, k in enumerate(out.identity.face_identity) if k >= 0]
+    after = [metric_total(server, (n,), ("face_detailer",)) for n in names]
+    assert after[0] - before[0] == len(own) == 2
+    assert after[1] - before[1] == pytest.approx(sum(own), abs=1e-4)

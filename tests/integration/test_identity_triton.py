@@ -100,7 +100,7 @@ def raw_detail(client, target: bytes, faces: list[bytes], **over):
     ("no trigger", "prompt", "needs the trigger word 'img' right after the class word"),
     ("two triggers", "prompt", "must contain the trigger word 'img' once, found it 2 times"),
     ("no face", "id_images", "no face found in photo 2 of identity 1"),
-    ("too many", "id_images", "at most 4 identity photos, got 5"),
+    ("too many", "id_images", "at most 4 identity photos per identity (identity 1), got 5"),
     ("not an image", "id_images", "photo 1 of identity 1 is not a readable image"),
 ])
 def test_bad_identity_input(grpc_client, http_client, photos, case, field, message):

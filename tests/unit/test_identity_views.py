@@ -90,3 +90,25 @@ def test_bad_sweeps_with_identities(tmp_path, text, field, message):
     with pytest.raises(InvalidInput) as caught:
         parse_sweep(text, tmp_path, 64)
     assert caught.value.field == field and message in str(caught.value)
+
+
+def test_the_cli_reads_several_identities_and_their_prompts(tmp_path):
+    from portrait.app.cli import build_parser, read_identities
+    from portrait.errors import InvalidInput
+
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.png").write_bytes(name.encode())
+    args = build_parser().parse_args([
+        "detail", "--image", "x.png", "--prompt", "two people img", "--identity", f"{tmp_path}/a.png,{tmp_path}/b.png",
+        "--identity", f"{tmp_path}/c.png", "--face-prompt", "a man img", "--face-prompt", "", "--assign", "match"])
+    people = read_identities(args)
+    assert people.photos == ((b"a", b"b"), (b"c",)) and people.face_prompts == ("a man img", "")
+    assert args.assign == "match"
+    args = build_parser().parse_args(["detail", "--image", "x.png", "--prompt", "p img", "--face", f"{tmp_path}/a.png"])
+    assert read_identities(args).photos == ((b"a",),)  # --face: one person, as before
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["detail", "--image", "x.png", "--prompt", "p", "--assign", "size"])
+    args = build_parser().parse_args(["detail", "--image", "x.png", "--prompt", "p img", "--identity",
+                                      f"{tmp_path}/missing.png"])
+    with pytest.raises(InvalidInput, match="id_images: cannot be read"):
+        read_identities(args)
