@@ -74,10 +74,12 @@ def backend_directory(cache: Path) -> Path:
     return target
 
 
-def server_environment(settings: Settings, drain_file: Path | None = None) -> dict[str, str]:
+def server_environment(settings: Settings, drain_file: Path | None = None, internal_secret: str = "") -> dict[str, str]:
     """The server's environment: its bundled libraries, this interpreter's libpython, the models' import paths,
-    the drain flag the models check, and a temporary directory under PORTRAIT_CACHE_DIR (read-only root)."""
+    the drain flag the models check, the secret that marks their BLS requests internal (triton_io.is_internal: an
+    outside client cannot forge it), and a temporary directory under PORTRAIT_CACHE_DIR (read-only root)."""
     env = dict(os.environ)
+    env["PORTRAIT_INTERNAL_SECRET"] = internal_secret
     tmp = settings.cache_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     env["TMPDIR"] = str(tmp)  # portrait/serving/cancel.py's flags and anything else a model writes to a temp file
@@ -194,6 +196,10 @@ class TritonServer:
     log_path: Path
     process: subprocess.Popen | None = None
     api_key: str = ""  # X-Portrait-Key of the restricted APIs: PORTRAIT_API_KEY, or random per server
+    # Triton's own HTTP port, on 127.0.0.1 only: `http_port` is the validating front's (portrait/serving/http_front.py)
+    triton_http_port: int = 0
+    internal_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))  # BLS requests carry it
+    front: object | None = None  # the running HttpFront
     shm_regions: set[str] = field(default_factory=set)  # every region its stubs were seen with
 
     @classmethod
@@ -201,7 +207,9 @@ class TritonServer:
         settings = settings or get_settings()
         ports = [free_port() for _ in range(3)] if free_ports else [settings.http_port, settings.grpc_port, settings.metrics_port]
         log = log_path or settings.cache_dir / f"tritonserver-{ports[1]}.log"
-        return cls(settings, *ports, log_path=log, api_key=settings.api_key or secrets.token_urlsafe(24))
+        internal = settings.triton_http_port if settings.triton_http_port and not free_ports else free_port()
+        return cls(settings, *ports, log_path=log, api_key=settings.api_key or secrets.token_urlsafe(24),
+                   triton_http_port=internal)
 
     @property
     def host(self) -> str:
@@ -213,7 +221,13 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
+        """The public HTTP port: the validating front."""
         return f"{self.host}:{self.http_port}"
+
+    @property
+    def triton_http_url(self) -> str:
+        """Triton's own HTTP port (loopback, internal)."""
+        return f"127.0.0.1:{self.triton_http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -231,8 +245,9 @@ class TritonServer:
         return [
             str(pytriton_root() / "tritonserver" / "bin" / "tritonserver"), *repos,
             f"--backend-directory={backend_directory(cache)}",
-            f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}",
-            f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
+            # Triton's HTTP on loopback only: the public port is the front's (its JSON parser can abort the server)
+            "--http-address=127.0.0.1", f"--grpc-address={host}", f"--metrics-address={host}",
+            f"--http-port={self.triton_http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
             # closed by default: the APIs that change the server answer only with the key
             f"--http-restricted-api={restricted}:{API_KEY_HEADER}={self.api_key}",
             f"--grpc-restricted-protocol={restricted}:{API_KEY_HEADER.lower()}={self.api_key}",
@@ -251,7 +266,8 @@ class TritonServer:
         self.drain_file.unlink(missing_ok=True)
         self.shm_regions.clear()
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                        env=server_environment(self.settings, self.drain_file), start_new_session=True)
+                                        env=server_environment(self.settings, self.drain_file, self.internal_secret),
+                                        start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -261,6 +277,7 @@ class TritonServer:
                 raise ServerError(f"tritonserver exited with {self.process.returncode}; last log lines:\n{self.log_tail()}")
             if self.ready():
                 self.stubs()
+                self.start_front()
                 return self
             if abort is not None and abort():
                 self.stop(timeout=5)
@@ -269,9 +286,22 @@ class TritonServer:
         self.stop()
         raise ServerError(f"tritonserver not ready after {timeout:.0f} s; last log lines:\n{self.log_tail()}")
 
+    def start_front(self) -> None:
+        """The validating front on the public HTTP port, checking requests against the configs Triton now serves."""
+        from portrait.serving.http_front import HttpFront, Limits, fetch_model_specs
+
+        try:
+            models = fetch_model_specs(self.triton_http_url, self.api_key)
+            limits = Limits(self.settings.http_max_body, self.settings.http_max_json)
+            self.front = HttpFront(self.settings.host, self.http_port, self.triton_http_url, self.api_key, models,
+                                   limits).start()
+        except Exception:
+            self.stop(timeout=5)
+            raise
+
     def ready(self, timeout: float = 2.0) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=timeout) as r:
+            with urllib.request.urlopen(f"http://{self.triton_http_url}/v2/health/ready", timeout=timeout) as r:
                 return r.status == 200
         except OSError:
             return False
@@ -314,9 +344,9 @@ class TritonServer:
         return int(round(total))
 
     def probe(self, timeout: float = 10.0) -> str | None:
-        """A cheap end-to-end check through Triton into a stub: face_detector on an 8x8 image (a few ms). Marked
-        internal so a draining server still answers it. None when it answered, else why not."""
-        body = json.dumps({"parameters": {"portrait_internal": True},
+        """A cheap end-to-end check through the HTTP front and Triton into a stub: face_detector on an 8x8 image (a few
+        ms). Marked internal (the secret) so a draining server still answers it. None when it answered, else why not."""
+        body = json.dumps({"parameters": {"portrait_internal": self.internal_secret},
                            "inputs": [{"name": "image", "shape": [8, 8, 3], "datatype": "UINT8", "data": [0] * 192}],
                            "outputs": [{"name": "boxes"}]}).encode()
         request = urllib.request.Request(f"http://{self.http_url}/v2/models/face_detector/infer", data=body,
@@ -347,6 +377,9 @@ class TritonServer:
         """SIGTERM (Triton unloads its models), then SIGKILL what is left of the server's process group, then remove
         its stubs' shared-memory regions. Drain first (Supervisor.drain): Triton's own SIGTERM handling unloads
         models under in-flight BLS work."""
+        if self.front is not None:  # first: new HTTP requests are refused at the door, not cut inside
+            self.front.stop()
+            self.front = None
         if self.process is None:
             return
         self.stubs()
