@@ -84,8 +84,8 @@ NO_NETWORK    := $(if $(shell unshare -rn true 2>/dev/null && echo y),unshare -r
 
 .PHONY: gpu-check-bundle gpu-rehearsal
 gpu-check-bundle: $(GPU_WHEEL)
-	@echo "device run: carry [\"$(GPU_BUNDLE)\"], timeout_s 560, command:"
-	@echo '  PYTHONUNBUFFERED=1 timeout -s TERM 500 python3 scripts/gpu_check --out $$OUT/gpu_check.json 2>&1 | tee $$OUT/gpu_check.log'
+	@echo "device run: carry [\"$(GPU_BUNDLE)\"], timeout_s 540, command:"
+	@echo '  PYTHONUNBUFFERED=1 timeout -s TERM 470 python3 scripts/gpu_check --out $$OUT/gpu_check.json 2>&1 | tee $$OUT/gpu_check.log'
 
 $(GPU_WHEEL):
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d $(GPU_BUNDLE)/wheels diffusers==0.42.1

@@ -50,6 +50,19 @@ def test_gpu_check_smoke_runs_on_cpu(tmp_path):
     assert "tensorrt" in phases["tensorrt"]["result"]  # says whether TensorRT was importable
 
 
+def test_the_gpu_run_is_planned_inside_eight_minutes():
+    """The default run on the lent machine (no TensorRT): the phases' estimates fit the script's budget, the budget and
+    start-up fit the command's `timeout 470` (the one the Makefile prints), and that fits 8 minutes."""
+    import importlib.machinery
+    import re
+
+    gpu_check = importlib.machinery.SourceFileLoader("gpu_check_plan", str(SCRIPT)).load_module()
+    plan = gpu_check.planned_seconds([1, 4, 8], ["batch", "sequential"], tensorrt=False)
+    budget = float(re.search(r'"--budget-s", type=float, default=([\d.]+)', SCRIPT.read_text()).group(1))
+    timeout = int(re.search(r"timeout -s TERM (\d+) python3 scripts/gpu_check", (ROOT / "Makefile").read_text()).group(1))
+    assert plan <= budget <= timeout - 30 and timeout <= 8 * 60, (plan, budget, timeout)
+
+
 def test_results_are_on_disk_after_each_phase_and_on_sigterm(tmp_path):
     """A run stopped at the device's time limit keeps what it measured."""
     out = tmp_path / "gpu_check.json"
