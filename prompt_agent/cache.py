@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from .offline import vocabulary_digest
 from .schemas import PromptResult
 
-CACHE_VERSION = 1  # bump when the agent's output for the same inputs changes
+CACHE_VERSION = 2  # bump when the agent's output for the same inputs changes
 MEMORY_ITEMS = 256
 _memory: OrderedDict[str, PromptResult] = OrderedDict()
 

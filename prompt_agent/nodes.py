@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from . import offline
 from .compose import NEGATIVE_PROMPT, compose_prompt
+from .polarity import contradicting
 from .safety import mentions
 from .schemas import CATEGORIES, AgentState, ChosenKeywords, PortraitConcept, PortraitKeywords
 
@@ -60,7 +61,9 @@ def _run(name: str, state: AgentState, llm: Any, method: str | None, schema: typ
         if answer is not None:
             return {**use(answer), "sources": {name: "llm"}}
         update = {"notes": [f"{name}: {why}; used the offline path"], "llm_down": down}
-    return {**update, **fallback(), "sources": {name: "offline"}}
+    out = fallback()
+    notes = update.get("notes", []) + out.pop("notes", [])
+    return {**update, **out, "notes": notes, "sources": {name: "offline"}}
 
 
 def _slot_words(state: AgentState) -> tuple[str, ...]:
@@ -104,6 +107,7 @@ def meta_keywords_node(state: AgentState, llm: Any = None, method: str | None = 
         bad = [w for ws in answer.by_category().values() for w in ws if any(mentions(w, x) for x in exclude)]
         if bad:
             raise ValueError(f"keywords must not contain {' or '.join(exclude)}: {', '.join(bad)}")
+        refuse_contradictions([w for ws in answer.by_category().values() for w in ws], idea)
 
     return _run("meta_keywords", state, llm, method, PortraitKeywords, messages, check,
                 lambda a: {"keywords": a.by_category()},
@@ -130,11 +134,25 @@ def choose_node(state: AgentState, llm: Any = None, method: str | None = None) -
             raise ValueError(f"keywords not in the offered list: {', '.join(unknown)}")
         if len({category_of[w] for w in answer.chosen}) < 4:
             raise ValueError("the chosen keywords must cover at least 4 categories")
+        refuse_contradictions(answer.chosen, idea)
 
     def finish(chosen: list[str]) -> dict:
         return {"chosen": chosen, "prompt": compose_prompt(chosen, class_word, trigger),
                 "negative_prompt": NEGATIVE_PROMPT}
 
+    def fallback() -> dict:
+        chosen = offline.offline_choose(keywords, idea, _llm_concept(state), _slot_words(state))
+        craft = [w for w in chosen if w in offline.load_craft()]
+        fit = len(chosen) - len(craft)
+        note = ([f"choose: only {fit} keyword{'s' * (fit != 1)} fit the idea; {len(craft)} neutral portrait craft "
+                 f"keyword{'s' * (len(craft) != 1)} complete the list ({', '.join(craft)})"] if craft else [])
+        return {**finish(chosen), "notes": note}
+
     return _run("choose", state, llm, method, ChosenKeywords, messages, check,
-                lambda a: finish(list(a.chosen)),
-                lambda: finish(offline.offline_choose(keywords, idea, _llm_concept(state), _slot_words(state))))
+                lambda a: finish(list(a.chosen)), fallback)
+
+
+def refuse_contradictions(keywords: list[str], idea: str) -> None:
+    """A keyword that contradicts the idea is invalid, like a malformed one (an LLM gets it back to correct)."""
+    if bad := contradicting(keywords, idea):
+        raise ValueError(f"keywords contradict the idea {idea!r}: {'; '.join(bad)}")

@@ -15,6 +15,7 @@ from importlib import resources
 import numpy as np
 import yaml
 
+from .polarity import agrees
 from .safety import mentions
 from .schemas import CATEGORIES, KEYWORD, N_CHOSEN, PortraitConcept, PortraitKeywords
 
@@ -22,6 +23,12 @@ PER_CATEGORY = 6  # meta_keywords: the best 6 of each category (48 candidates)
 MAX_PER_CATEGORY = 3  # choose: at most 3 per category, so at least 5 categories are covered
 MMR_PENALTY = 0.15  # choose: discount a candidate by its similarity to keywords already chosen
 IDEA_WEIGHT = 0.7  # when an LLM wrote the concept, rank against 0.7 idea + 0.3 concept
+# choose: a keyword is relevant when it stands out from the whole vocabulary for this idea, its score at least
+# the vocabulary's mean + RELEVANCE_Z standard deviations (about its best 3 %), and at least RELEVANCE_FLOOR.
+# Below that it is an off-topic filler: for "corporate confidence" (mean 0.12, sd 0.07: floor 0.26) "greenhouse"
+# scores 0.21 and "cyberpunk" 0.20. Absolute cosines differ from idea to idea; this cut-off follows them.
+RELEVANCE_Z = 2.0
+RELEVANCE_FLOOR = 0.25
 
 
 @lru_cache(maxsize=1)
@@ -34,13 +41,22 @@ def vocabulary_text() -> str:
 def load_vocabulary() -> dict[str, tuple[str, ...]]:
     """Category -> keywords, each checked with the rules LLM keywords must pass."""
     data = yaml.safe_load(vocabulary_text())
-    if list(data) != list(CATEGORIES):
-        raise ValueError(f"vocabulary categories must be {CATEGORIES}, in that order")
+    if list(data)[:len(CATEGORIES)] != list(CATEGORIES) or set(data) - {*CATEGORIES, *_EXTRA_SECTIONS}:
+        raise ValueError(f"vocabulary sections must be {CATEGORIES}, in that order, then {_EXTRA_SECTIONS}")
     vocab = {c: tuple(KEYWORD.validate_python(str(w)) for w in data[c]) for c in CATEGORIES}
-    words = [w for ws in vocab.values() for w in ws]
+    words = [w for ws in vocab.values() for w in ws] + list(load_craft())
     if len(set(words)) != len(words):
-        raise ValueError("vocabulary keywords must be unique across categories")
+        raise ValueError("vocabulary keywords must be unique across categories and craft")
     return vocab
+
+
+_EXTRA_SECTIONS = ("craft", "opposites")
+
+
+@lru_cache(maxsize=1)
+def load_craft() -> tuple[str, ...]:
+    """Neutral portrait craft keywords (light, lens, framing) that fill the choice once relevant ones run out."""
+    return tuple(KEYWORD.validate_python(str(w)) for w in yaml.safe_load(vocabulary_text()).get("craft") or ())
 
 
 def vocabulary_digest() -> str:
@@ -100,10 +116,11 @@ def score_terms(terms: tuple[str, ...] | list[str], idea: str, concept: str | No
 
 def rank_vocabulary(idea: str, concept: str | None = None,
                     exclude: tuple[str, ...] = ()) -> dict[str, list[str]]:
-    """Category -> every vocabulary keyword, most relevant first (ties in file order)."""
+    """Category -> every vocabulary keyword that does not contradict the idea, most relevant first (ties in
+    file order)."""
     ranked = {}
     for category, words in load_vocabulary().items():
-        words = tuple(w for w in words if not any(mentions(w, x) for x in exclude))
+        words = tuple(w for w in words if not any(mentions(w, x) for x in exclude) and agrees(w, idea))
         scores = score_terms(words, idea, concept)
         ranked[category] = [words[i] for i in np.argsort(-scores, kind="stable")]
     return ranked
@@ -136,12 +153,20 @@ def offline_keywords(idea: str, concept: str | None = None,
 
 def offline_choose(keywords: dict[str, list[str]], idea: str, concept: str | None = None,
                    exclude: tuple[str, ...] = ()) -> list[str]:
-    """Pick N_CHOSEN keywords by relevance with a diversity penalty (MMR) and a per-category cap."""
+    """Pick N_CHOSEN keywords by relevance with a diversity penalty (MMR) and a per-category cap.
+
+    Only relevant keywords that agree with the idea are chosen; when they run out, the most fitting neutral
+    craft keywords (light, lens, framing) fill the list, never off-topic ones."""
     pool = [(w, c) for c in CATEGORIES for w in keywords.get(c, ())
-            if not any(mentions(w, x) for x in exclude)]
+            if not any(mentions(w, x) for x in exclude) and agrees(w, idea)]
+    if pool:
+        everything = score_terms(tuple(w for ws in load_vocabulary().values() for w in ws), idea, concept)
+        floor = max(RELEVANCE_FLOOR, float(everything.mean() + RELEVANCE_Z * everything.std()))
+        scores = score_terms(tuple(w for w, _ in pool), idea, concept)
+        pool = [p for p, score in zip(pool, scores) if score >= round(floor, 4)]
     words = tuple(w for w, _ in pool)
-    relevance = score_terms(words, idea, concept)  # [n]
-    vectors = embed(words)
+    relevance = score_terms(words, idea, concept) if words else np.zeros(0)  # [n]
+    vectors = embed(words) if words else np.zeros((0, 1), np.float32)
     similarity = vectors @ vectors.T  # [n, n]
     chosen: list[int] = []
     for cap in (MAX_PER_CATEGORY, len(pool)):  # relax the cap only if the pool is too small
@@ -153,4 +178,10 @@ def offline_choose(keywords: dict[str, list[str]], idea: str, concept: str | Non
             penalty = similarity[np.ix_(open_, chosen)].max(axis=1) if chosen else np.zeros(len(open_))
             gains = np.round(relevance[open_] - MMR_PENALTY * penalty, 4)
             chosen.append(open_[int(np.argmax(gains))])  # argmax: first of equals, stable
-    return [words[i] for i in chosen]
+    picked = [words[i] for i in chosen]
+    craft = tuple(w for w in load_craft() if w not in picked and agrees(w, idea)
+                  and not any(mentions(w, x) for x in exclude))
+    if len(picked) < N_CHOSEN and craft:
+        order = np.argsort(-score_terms(craft, idea, concept), kind="stable")
+        picked += [craft[i] for i in order[:N_CHOSEN - len(picked)]]
+    return picked

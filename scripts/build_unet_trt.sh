@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Build the TensorRT plan for the `unet` model on a GPU machine with TensorRT (trtexec) installed:
-#   scripts/build_unet_trt.sh [ONNX] [OUT_DIR]
-# ONNX defaults to out/onnx/unet.onnx (scripts/export_unet_onnx.py); OUT_DIR to infra/gpu/unet.
-# fp16 inside, fp32 at the edges (the Triton contract); profile: 1..16 rows, latents 96..128.
+# Build the UNet's TensorRT engine for THIS GPU's family with THIS environment's tensorrt Python module, where the GPU
+# overlay (infra/k8s/components/gpu) looks for it:
+#   scripts/build_unet_trt.sh [ENGINES_DIR]      ->  ENGINES_DIR/sm<major><minor>/unet.plan   (default /models/engines)
+# Run it inside the GPU image (infra/Containerfile.gpu), once on a GPU of each family the node tiers admit: an engine
+# loads only on its GPU family and only under the TensorRT version that built it, so it is built by the same
+# `tensorrt` module `denoise` loads it with (not a trtexec of another version). Profiles: latents 64..96 and
+# 96..128 (512..1024 px), 1..PORTRAIT_MAX_ROWS rows; the fp16 recipe follows the TensorRT version (docs/gpu.md).
+# Extra arguments go to scripts/export_unet_onnx.py (e.g. --hardware-compatible for one Ampere-and-later engine).
 set -euo pipefail
-onnx=${1:-out/onnx/unet.onnx}
-out=${2:-infra/gpu/unet}
-mkdir -p "$out/1"
-shape() { echo "sample:$1x4x$2x$2,timestep:$1x1,encoder_hidden_states:$1x77x2048,text_embeds:$1x1280,time_ids:$1x6"; }
-trtexec --onnx="$onnx" --saveEngine="$out/1/model.plan" --fp16 \
-  --minShapes="$(shape 1 96)" --optShapes="$(shape 4 128)" --maxShapes="$(shape 16 128)"
-echo "$out/1/model.plan"
+engines=${1:-/models/engines}
+shift || true
+cc=$(python -c "import torch; print('sm%d%d' % torch.cuda.get_device_capability())")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python "$(dirname "$0")/export_unet_onnx.py" --out "$work/unet.onnx" --engine "$engines/$cc/unet.plan" "$@"

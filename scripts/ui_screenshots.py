@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Screenshots of the running UI for docs/: a newcomer's path through Create (sample face, idea, Write prompt,
-Generate, Save to gallery), then Gallery, then Sweep (the example sweep run to its contact sheet). Needs `portrait ui`
-running (URL as the first argument). Refuses to write a screenshot of a page with a broken image or a failed request."""
+Generate, Save to gallery), then Gallery, then Sweep (the example sweep run to its contact sheet), then Create with
+two people on a group photo of one's own (insightface's t1.jpg, the people cropped from it, by match: each face's box
+labelled with its identity and similarity). Needs `portrait ui` running (URL as the first argument). Refuses to write
+a screenshot of a page with a broken image or a failed request."""
 
+import re
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
@@ -43,7 +48,7 @@ with sync_playwright() as p:
     page.get_by_role("button", name="Generate").click()
     page.get_by_role("button", name="Save to gallery").wait_for(timeout=300_000)
     page.wait_for_timeout(1500)
-    shoot(page, "create", 4)  # the identity thumbnail, base, mask, final
+    shoot(page, "create_prompt", 4)  # the identity thumbnail, base, mask, final
     page.get_by_role("button", name="Save to gallery").first.click()
     page.get_by_text("Saved to the gallery.").wait_for(timeout=30_000)
     page.get_by_role("link", name="Gallery").click()
@@ -58,5 +63,31 @@ with sync_playwright() as p:
     page.get_by_text("contact sheet at").wait_for(timeout=600_000)
     page.wait_for_timeout(1500)
     shoot(page, "sweep", 1)  # the contact sheet
+
+    photos = Path(tempfile.mkdtemp())
+    subprocess.run([sys.executable, str(Path(__file__).parent / "demo_photos.py"), str(photos)], check=True)
+    page.get_by_role("link", name="Create").click()
+    page.get_by_role("button", name="Generate").wait_for(timeout=60_000)
+    page.get_by_text("a photo of mine (detail its faces)").click()
+    page.get_by_text("Photo whose faces to detail").wait_for(timeout=30_000)
+    page.locator("input[type=file]").nth(0).set_input_files(str(photos / "group.png"))
+    people = page.get_by_label("People (identities: each gets one face)")
+    people.fill("2")
+    people.press("Enter")
+    page.get_by_text("Person 2: face photos").wait_for(timeout=30_000)
+    page.locator("input[type=file]").nth(1).set_input_files(str(photos / "person1.png"))
+    page.get_by_text("person 1, photo 1").wait_for(timeout=30_000)
+    page.locator("input[type=file]").nth(2).set_input_files(str(photos / "person2.png"))
+    page.get_by_text("person 2, photo 1").wait_for(timeout=30_000)
+    page.get_by_text("match", exact=True).click()
+    page.get_by_label(re.compile("^Prompt")).fill("photo of a person img, detailed skin")
+    steps = page.get_by_label("Steps", exact=True)
+    steps.fill("4")
+    steps.press("Enter")
+    page.wait_for_timeout(1000)
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("Who got whom").first.wait_for(timeout=600_000)
+    page.wait_for_timeout(1500)
+    shoot(page, "create", 6)  # two people's photos, base (the photo), mask, final, the faces labelled
     browser.close()
 print(f"screenshots in {out}")

@@ -1,5 +1,7 @@
 """Create: face photos + an idea -> the agent's prompt (editable) -> parameters -> Generate, with live progress
-from the gRPC stream, Cancel, then base / mask / final side by side, downloads and Save to gallery."""
+from the gRPC stream, Cancel, then base / mask / final side by side, downloads and Save to gallery.
+Up to 4 people (each their photos and an optional prompt, one face each, by order or match); or a photo of one's
+own to detail. Each face's box is shown labelled with the identity it got and its similarity."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import dataclasses
 import streamlit as st
 
 from portrait import params as P
-from portrait.diffusion.trigger import TRIGGER_WORD, text_only_prompt
+from portrait.diffusion.trigger import TRIGGER_WORD
 from portrait.errors import Cancelled, InvalidInput, PortraitError
 from ui.common import get_client, get_store, native_size, sample_faces, show_error, upright
 
@@ -23,38 +25,68 @@ if st.session_state.get("running"):  # the last run did not finish: Cancel (or a
     st.session_state.running = False
     st.warning("Generation cancelled: the server stopped the request.")
 
-# identity photos
-left, right = st.columns([2, 1])
-left.file_uploader("Face photos (the identity, up to 4)", type=["png", "jpg", "jpeg", "webp"],
-                   accept_multiple_files=True, key="uploads")
-right.selectbox("or a bundled sample face", ["none", *sample_faces()], key="sample_face")
-right.selectbox("The person is a", ["person", "woman", "man"], key="class_word")
+# who is in the picture: up to MAX_IDENTITIES people, each their photos and an optional prompt; one face each
+IMAGE_TYPES = ["png", "jpg", "jpeg", "webp"]
+source = st.radio("Start from", ["a prompt", "a photo of mine (detail its faces)"], horizontal=True, key="source")
+if source != "a prompt":
+    st.file_uploader("Photo whose faces to detail", type=IMAGE_TYPES, key="photo")
+people_count = int(st.number_input("People (identities: each gets one face)", 1, P.MAX_IDENTITIES, 1, key="people"))
+for k in range(people_count):
+    left, right = st.columns([2, 1])
+    left.file_uploader(f"Person {k + 1}: face photos (up to {P.MAX_ID_IMAGES})", type=IMAGE_TYPES,
+                       accept_multiple_files=True, key="uploads" if k == 0 else f"uploads_{k}")
+    if k == 0:
+        right.selectbox("or a bundled sample face", ["none", *sample_faces()], key="sample_face")
+    right.text_input(f"Person {k + 1}'s prompt (optional)", key=f"face_prompt_{k}",
+                     placeholder=f"a man {TRIGGER_WORD}, smiling")
+left, right = st.columns([1, 2])
+left.selectbox("The person is a", ["person", "woman", "man"], key="class_word")
+right.radio("Faces get identities by", P.ASSIGNMENTS, horizontal=True, key="assign",
+            help="order: person 1 to the largest face, then left to right, top to bottom; match: each person to the "
+                 "face most like their photos (ArcFace)")
+
+
+def current_people() -> list[list[bytes]]:
+    """Each person's photos as the widgets hold them now (also inside callbacks, which run before the page); no
+    photo at all: no identity."""
+    sample = st.session_state.get("sample_face", "none")
+    groups = [[f.getvalue() for f in st.session_state.get("uploads" if k == 0 else f"uploads_{k}") or []]
+              for k in range(int(st.session_state.get("people", 1)))]
+    if sample != "none":
+        groups[0].append(sample_faces()[sample])
+    return groups if any(groups) else []
 
 
 def current_faces() -> list[bytes]:
-    """The identity photos as the widgets hold them now (also inside callbacks, which run before the page)."""
-    sample = st.session_state.get("sample_face", "none")
-    return ([f.getvalue() for f in st.session_state.get("uploads") or []]
-            + ([sample_faces()[sample]] if sample != "none" else []))
+    return [photo for group in current_people() for photo in group]
 
 
-def shown_faces(faces: list[bytes]) -> list:
-    """The photos as the server will read them (upright); an unreadable one is named by its place."""
-    shown = []
-    for i, face in enumerate(faces):
-        try:
-            shown.append(upright(face))
-        except InvalidInput as error:
-            raise InvalidInput("id_images", f"photo {i + 1} of {len(faces)} {error.message}") from None
-    return shown
+def current_face_prompts() -> list[str]:
+    prompts = [st.session_state.get(f"face_prompt_{k}", "") or "" for k in range(int(st.session_state.get("people", 1)))]
+    return prompts if any(prompts) else []
 
 
-faces = current_faces()
-if faces:
+def shown_faces(people: list[list[bytes]]) -> tuple[list, list[str]]:
+    """The photos as the server will read them (upright), with captions; an unreadable one is named by its place."""
+    shown, captions = [], []
+    for k, group in enumerate(people):
+        for i, face in enumerate(group):
+            try:
+                shown.append(upright(face))
+            except InvalidInput as error:
+                raise InvalidInput("id_images", f"photo {i + 1} of identity {k + 1} {error.message}") from None
+            captions.append(f"person {k + 1}, photo {i + 1}")
+    return shown, captions
+
+
+people = current_people()
+if people:
     try:  # decoded, not the raw bytes: Streamlit re-encodes a large photo without its EXIF orientation
-        st.image(shown_faces(faces), width=96, caption=[f"identity {i + 1}" for i in range(len(faces))])
+        thumbnails, captions = shown_faces(people)
+        st.image(thumbnails, width=96, caption=captions)
     except InvalidInput as error:
         show_error(error)
+faces = current_faces()
 
 # idea -> prompt (the agent), editable
 st.session_state.setdefault("prompt", "")
@@ -106,27 +138,29 @@ with st.expander("Parameters", expanded=True):
     count = c[3].number_input("Images", *P.field_limits(P.Stage1Params, "batch_size"), BASE["batch_size"], key="count")
 
 
-def checked_params() -> tuple[P.Stage1Params, P.DetailParams, int]:
+def checked_params() -> tuple[P.Stage1Params, P.DetailParams, int, P.FaceIdentities]:
     """The same checks the server runs; an InvalidInput names the field and its limit."""
     prompt = st.session_state.prompt
     base = P.Stage1Params(prompt=prompt, negative_prompt=st.session_state.negative_prompt, width=int(width),
                           height=int(height), steps=int(steps), guidance_scale=float(guidance), seed=int(seed))
-    detail = P.detail_params_for(base, strength=float(strength), style_strength=float(style), work_size=native_size())
+    detail = P.detail_params_for(base, strength=float(strength), style_strength=float(style), work_size=native_size(),
+                                 assign=st.session_state.get("assign", "order"))
     P.check_int_range("images", int(count), *P.field_limits(P.Stage1Params, "batch_size"))
-    if faces:
-        P.check_id_images(len(faces))
-        text_only_prompt(prompt)
-        shown_faces(faces)
-    return base, detail, int(count)
+    cast = P.FaceIdentities(tuple(tuple(group) for group in people), tuple(current_face_prompts()))
+    cast.check_with(detail.max_faces, detail.assign, prompt)
+    shown_faces(people)
+    if source != "a prompt" and st.session_state.get("photo") is None:
+        raise InvalidInput("image", "is required: upload the photo whose faces to detail")
+    return base, detail, int(count), cast
 
 
 if st.button("Generate", type="primary"):
     try:
-        base, detail, count = checked_params()
+        base, detail, count, cast = checked_params()
     except InvalidInput as error:
         show_error(error)
         st.stop()
-    from portrait.app.production import PromptChoice, produce
+    from portrait.app.production import PromptChoice, detail_photo, produce
 
     choice = PromptChoice(base.prompt, base.negative_prompt, st.session_state.get("idea_used"),
                           tuple(st.session_state.get("keywords", ())))
@@ -143,8 +177,14 @@ if st.button("Generate", type="primary"):
                 overall.progress((i + (0.5 if stage == "detail" else 0.0) + 0.5 * step / total) / count,
                                  text=f"image {i + 1} of {count}")
 
-            production, _ = produce(get_client(), get_store(), choice, dataclasses.replace(base, seed=base.seed + i),
-                                    detail, faces or None, progress)
+            who = {"identities": [list(g) for g in cast.photos] or None, "face_prompts": list(cast.face_prompts) or None}
+            if source == "a prompt":
+                production, _ = produce(get_client(), get_store(), choice, dataclasses.replace(base, seed=base.seed + i),
+                                        detail, None, progress, **who)
+            else:  # stage 2 alone on the user's photo (one request: no step progress to show)
+                stage_bar.progress(0.5, text="detail: detailing the faces ...")
+                production, _ = detail_photo(get_client(), get_store(), st.session_state.photo.getvalue(),
+                                             dataclasses.replace(detail, seed=base.seed + i), **who)
             produced.append(production.id)
         overall.progress(1.0, text=f"{count} image(s) done")
         st.session_state.results = produced
@@ -171,6 +211,19 @@ for pid in st.session_state.get("results", []):
         column.image(data, caption=title, width="stretch")
         column.download_button(f"Download {name}", data, file_name=f"{pid}_{name}.png", mime="image/png",
                                key=f"download-{pid}-{name}")
+    check = production.meta.get("identity_check") or []
+    if production.meta.get("identities") and check:  # which face got whom, and how close it came
+        from portrait.app.production import label_faces
+        from portrait.images import decode_image
+
+        st.image(label_faces(decode_image(store.image(pid, "image")), check), width="stretch",
+                 caption="Who got whom: each face's box, its identity and ArcFace similarity after detailing")
+        st.caption("  ·  ".join(
+            f"face {f + 1}: " + ("no identity (text prompt)" if face["identity"] is None else
+                                 f"identity {face['identity'] + 1}, similarity "
+                                 f"{face['similarity_before'][face['identity']]:.2f} -> "
+                                 f"{face['similarity'][face['identity']]:.2f}")
+            for f, face in enumerate(check)))
     if st.button("Save to gallery", key=f"save-{pid}"):
         store.promote(pid)
         st.success("Saved to the gallery.")

@@ -27,6 +27,8 @@ def add_field_argument(p, cls, name: str, help: str, flag: str | None = None, de
     datatype = P.triton_types(cls)[name]
     default = P.field_defaults(cls).get(name) if default is SCHEMA_DEFAULT else default
     flag = flag or "--" + name.replace("_", "-")
+    if P.field_choices(cls, name):
+        kwargs["choices"] = P.field_choices(cls, name)
     if datatype != "BYTES":  # "{limits}" in `help` places them; else they go at its end
         limits = P.limits_text(cls, name)
         help = help.format(limits=limits) if "{limits}" in help else f"{help} in {limits}"
@@ -80,6 +82,15 @@ def add_identity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--face", type=Path, action="append", default=[], metavar="PHOTO",
                    help=f"identity photo (repeat, up to {P.MAX_ID_IMAGES}): PhotoMaker V2 puts this person's identity "
                         f"into the detailed face; the prompt must then hold '<class word> {TRIGGER_WORD}'")
+    p.add_argument("--identity", action="append", default=[], metavar="PHOTO[,PHOTO...]",
+                   help=f"instead of --face, several people: one option per person (up to {P.MAX_IDENTITIES}), each "
+                        f"1-{P.MAX_ID_IMAGES} photos separated by commas; each person gets one face (--assign)")
+    p.add_argument("--face-prompt", dest="face_prompts", action="append", default=[], metavar="TEXT",
+                   help=f"a prompt per --identity, in order (each with '<class word> {TRIGGER_WORD}'; '' = --prompt); "
+                        "without identity photos: one per face, largest first")
+    add_field_argument(p, P.DetailParams, "assign", "which face gets which identity: order (the k-th identity to the "
+                       "k-th face: largest first, then left to right, top to bottom) or match (each to the face most "
+                       "like it, by ArcFace cosine similarity)")
     add_field_argument(p, P.DetailParams, "style_strength",
                        "identity: %% of the stage-2 steps run on the text alone before the identity merges in "
                        "(PhotoMaker's start_merge_step; higher: more style, less likeness)")
@@ -93,11 +104,31 @@ def read_input(path: Path, field: str) -> bytes:
         raise InvalidInput(field, f"cannot be read ({path}): {error.strerror}") from None
 
 
-def read_faces(paths: list[Path]) -> list[bytes]:
-    from portrait.params import check_id_images
+def read_identities(args):
+    """--face (one person) or --identity (several) and --face-prompt -> FaceIdentities, checked as the server does."""
+    from portrait.params import FaceIdentities
 
-    check_id_images(len(paths))
-    return [read_input(path, "id_images") for path in paths]
+    if args.face and args.identity:
+        raise InvalidInput("id_images", "give one person's photos (--face) or several people (--identity), not both")
+    groups = [args.face] if args.face else [[Path(p) for p in spec.split(",") if p] for spec in args.identity]
+    return FaceIdentities(tuple(tuple(read_input(path, "id_images") for path in group) for group in groups),
+                          tuple(args.face_prompts))
+
+
+def identity_table(boxes, check) -> str:
+    """Which face got whom and how close it came: one line per face, the ArcFace cosine similarity to every
+    identity before -> after detailing (* marks the face's own identity)."""
+    k = check.similarity.shape[1]
+    lines = []
+    for f, box in enumerate(boxes):
+        given = int(check.face_identity[f])
+        who = f"identity {given + 1}" if given >= 0 and k else (f"prompt {given + 1}" if given >= 0 else "none")
+        cells = "  ".join(f"{j + 1}: {check.similarity_before[f, j]:+.3f} -> {check.similarity[f, j]:+.3f}"
+                          + ("*" if j == given else " ") for j in range(k))
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        lines.append(f"  face {f + 1} [{x0}, {y0}, {x1}, {y1}] -> {who:<10}  {cells}".rstrip())
+    header = "faces (box, what each got" + (", ArcFace cosine to each identity before -> after):" if k else "):")
+    return "\n".join([header, *lines])
 
 
 def request_values(args, cls, *skip: str) -> dict:
@@ -128,11 +159,13 @@ def server_client(url: str | None, protocol: str):
             yield embedded
 
 
-def generate_one(client, params, detail, protocol: str, faces: list[bytes] | None = None):
+def generate_one(client, params, detail, protocol: str, people=None):
     """One portrait: the streaming `portrait` model with a progress bar (gRPC), or the same two stages as plain
-    requests (HTTP has no streaming; TritonClient.portrait_in_two_requests)."""
+    requests (HTTP has no streaming; TritonClient.portrait_in_two_requests). `people`: FaceIdentities."""
+    who = {} if people is None else {"identities": [list(g) for g in people.photos],
+                                     "face_prompts": list(people.face_prompts)}
     if protocol != "grpc":
-        return client.portrait_in_two_requests(params, detail, faces)
+        return client.portrait_in_two_requests(params, detail, **who)
     from tqdm import tqdm
 
     bars: dict = {}
@@ -143,7 +176,7 @@ def generate_one(client, params, detail, protocol: str, faces: list[bytes] | Non
         bars[stage].update(step - bars[stage].n)
 
     try:
-        return client.portrait(params, detail, progress, faces=faces)
+        return client.portrait(params, detail, progress, **who)
     finally:
         for bar in bars.values():
             bar.close()
@@ -156,9 +189,10 @@ def cmd_generate(args) -> int:
 
     size = read_sdxl_info(get_settings().sdxl_dir).default_size
     prompt, negative = args.prompt, args.negative_prompt
-    faces = read_faces(args.face)
-    if faces and args.no_detail:
-        raise InvalidInput("id_images", "need stage 2: --face cannot go with --no-detail")
+    people = read_identities(args)
+    faces = people.count
+    if (people.count or people.face_prompts) and args.no_detail:
+        raise InvalidInput("id_images", "need stage 2: --face, --identity and --face-prompt cannot go with --no-detail")
     if args.idea is not None:
         from portrait.diffusion.trigger import TRIGGER_WORD
         from prompt_agent import PromptAgentError, build_prompt
@@ -181,7 +215,7 @@ def cmd_generate(args) -> int:
         for i, seed in enumerate(params.seeds):
             path = args.out if i == 0 else args.out.with_name(f"{args.out.stem}_{i}{args.out.suffix}")
             one = dataclasses.replace(params, seed=seed, batch_size=1)
-            out = generate_one(client, one, detail and dataclasses.replace(detail, seed=seed), args.protocol, faces)
+            out = generate_one(client, one, detail and dataclasses.replace(detail, seed=seed), args.protocol, people)
             Image.fromarray(out.image).save(path)
             print(f"{path}  (seed {seed})")
             if detail is not None:
@@ -190,6 +224,8 @@ def cmd_generate(args) -> int:
                 print(f"  base {path.with_name(path.stem + '_base' + path.suffix)}, mask "
                       f"{path.with_name(path.stem + '_mask' + path.suffix)}; "
                       + (f"{len(out.boxes)} face(s) detailed" if len(out.boxes) else "no face found in the base image"))
+                if len(out.boxes) and (people.count or people.face_prompts):
+                    print(identity_table(out.boxes, out.identity))
     if out.truncated_tokens:
         print(f"note: the prompt was {out.truncated_tokens} CLIP tokens over the 77-token limit; those were dropped",
               file=sys.stderr)
@@ -205,9 +241,11 @@ def cmd_detail(args) -> int:
                           work_size=args.work_size or read_sdxl_info(get_settings().sdxl_dir).default_size,
                           **request_values(args, DetailParams, "negative_prompt", "work_size"))
     data = read_input(args.image, "image")
-    faces = read_faces(args.face)
+    people = read_identities(args)
+    people.check_with(params.max_faces, params.assign, params.prompt)
     with server_client(args.url, args.protocol) as client:
-        out = client.detail(data, params, faces)
+        out = client.detail(data, params, identities=[list(g) for g in people.photos],
+                            face_prompts=list(people.face_prompts))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(out.image).save(args.out)
     mask_path = args.out.with_name(f"{args.out.stem}_mask{args.out.suffix}")
@@ -215,6 +253,13 @@ def cmd_detail(args) -> int:
     print(f"{args.out}\n{mask_path}")
     print(f"{out.faces_found} face(s) detailed" if out.faces_found else "no face found: the image is unchanged",
           file=sys.stderr)
+    if out.faces_found and (people.count or people.face_prompts):
+        from portrait.app.production import identity_record, label_faces
+
+        faces_path = args.out.with_name(f"{args.out.stem}_faces{args.out.suffix}")
+        label_faces(out.image, identity_record(out.boxes, out.identity)).save(faces_path)
+        print(f"{faces_path}  (each face's box, identity and similarity)")
+        print(identity_table(out.boxes, out.identity))
     return 0
 
 
@@ -359,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_field_argument(detail, DetailParams, "work_size", "crop side the face is magnified to", default=None,
                        default_help="the model's native size")
     add_identity_arguments(detail)
-    detail.add_argument("--out", type=Path, default=Path("out/detail.png"), help="also writes <out>_mask.png")
+    detail.add_argument("--out", type=Path, default=Path("out/detail.png"), help="also writes <out>_mask.png (and with "
+                        "identities <out>_faces.png: each face's box labelled with its identity and similarity)")
     detail.add_argument("--url", default=None)
     detail.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     detail.set_defaults(func=cmd_detail)

@@ -1,15 +1,21 @@
 """Parameter sweeps: faces x ideas x a parameter grid x seeds, validated whole before anything runs.
 
     name: lighting-study                # optional; the curated/ folder of the contact sheet
-    faces: [me.jpg, sister.png]         # identity photos (optional; paths relative to the YAML file)
+    faces: [me.jpg, sister.png]         # identity photos (optional; paths relative to the YAML file), a row each
+    # or, several people in every image (one face each, by `assign`): identities, each one photo or a list
+    # identities: [[me.jpg, me2.jpg], sister.png]
+    # face_prompts: ["a man img, smiling", ""]   # with identities: one per identity ("" = the prompt)
     class_word: person                  # with faces: the word before the trigger (woman, man, person ...)
     ideas: ["corporate confidence", "rainy noir"]   # or prompts: ["portrait of a person img, ..."]
     params: {steps: 12, width: 768, height: 1024}   # fixed values
     grid: {guidance_scale: [3.0, 6.0], style_strength: [15, 40]}   # swept values: every combination
     seeds: [0, 1]
+    sort: similarity                    # optional: each row of the contact sheet best identity match first
 
 Every combination is one production in the store (its swept values in the metadata); at the end a
-contact sheet (rows: face x idea; columns: grid values x seed, labelled) goes to curated/<name>/.
+contact sheet (rows: face x idea; columns: grid values x seed, labelled) goes to curated/<name>/. With
+`sort: similarity` each row's cells are ordered by the mean ArcFace similarity of the faces to their identities
+(production.identity_score), shown in the labels.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 
 from portrait.errors import InvalidInput
 from portrait.images import decode_image, encode_png
-from portrait.params import MODELS, DetailParams, SamplingParams, Stage1Params, detail_params_for
+from portrait.params import MODELS, DetailParams, FaceIdentities, SamplingParams, Stage1Params, detail_params_for
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -39,7 +45,9 @@ STAGE1_FIELDS = tuple(sorted((n for n in MODELS["portrait"].fields_of(Stage1Para
                              key=lambda n: (n in SamplingParams.__dataclass_fields__, MODELS["portrait"].types[n] == "BYTES")))
 DETAIL_FIELDS = tuple(n for n in MODELS["portrait"].fields if n not in STAGE1_FIELDS and n not in SWEEP_SETS)
 PARAMETERS = STAGE1_FIELDS + DETAIL_FIELDS + ("detail",)  # `detail`: the portrait model's switch (false: stage 1 only)
-TOP_LEVEL = ("name", "faces", "class_word", "ideas", "prompts", "params", "grid", "seeds")
+TOP_LEVEL = ("name", "faces", "identities", "face_prompts", "class_word", "ideas", "prompts", "params", "grid", "seeds",
+             "sort")
+SORTS = ("none", "similarity")
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,9 @@ class Sweep:
     params: dict
     grid: dict  # name -> list of values (insertion order = column label order)
     seeds: tuple[int, ...]
+    identities: tuple[tuple[Path, ...], ...] = ()  # several people in every production (instead of faces)
+    face_prompts: tuple[str, ...] = ()
+    sort: str = "none"
 
     @property
     def grid_points(self) -> list[dict]:
@@ -59,8 +70,9 @@ class Sweep:
         return [dict(zip(names, values)) for values in itertools.product(*(self.grid[n] for n in names))]
 
     @property
-    def rows(self) -> list[tuple[Path | None, str]]:
-        return list(itertools.product(self.faces or (None,), self.texts))
+    def rows(self) -> list[tuple[Path | tuple | None, str]]:
+        """(who, text): who is a face (one identity), the whole cast of `identities`, or None."""
+        return list(itertools.product(self.faces or ((self.identities,) if self.identities else (None,)), self.texts))
 
     @property
     def columns(self) -> list[tuple[dict, int]]:
@@ -107,15 +119,28 @@ def parse_sweep(text: str, base_dir: Path = Path("."), default_size: int = 1024)
     if not isinstance(faces, list):
         raise InvalidInput("faces", "must be a list of image paths")
     face_paths = tuple((base_dir / str(f)).expanduser() for f in faces)
-    for path in face_paths:
+    people = spec.get("identities") or []
+    if not isinstance(people, list):
+        raise InvalidInput("identities", "must be a list of identities, each an image path or a list of them")
+    if people and face_paths:
+        raise InvalidInput("identities", "give faces (a row per person) or identities (all in every image), not both")
+    identities = tuple(tuple((base_dir / str(f)).expanduser() for f in (p if isinstance(p, list) else [p]))
+                       for p in people)
+    for field, path in [("faces", p) for p in face_paths] + [("identities", p) for g in identities for p in g]:
         if not path.is_file():
-            raise InvalidInput("faces", f"{path} does not exist")
+            raise InvalidInput(field, f"{path} does not exist")
         try:  # decoded as the server will (orientation applied), so an unreadable photo stops the sweep now
-            decode_image(path.read_bytes(), "faces")
+            decode_image(path.read_bytes(), field)
         except InvalidInput as error:
-            raise InvalidInput("faces", f"{path} {error.message}") from None
+            raise InvalidInput(field, f"{path} {error.message}") from None
         except OSError as error:
-            raise InvalidInput("faces", f"{path} cannot be read: {error.strerror}") from None
+            raise InvalidInput(field, f"{path} cannot be read: {error.strerror}") from None
+    face_prompts = spec.get("face_prompts") or []
+    if not isinstance(face_prompts, list) or not all(isinstance(p, str) for p in face_prompts):
+        raise InvalidInput("face_prompts", "must be a list of texts")
+    sort = str(spec.get("sort") or "none")
+    if sort not in SORTS:
+        raise InvalidInput("sort", f"must be one of {', '.join(SORTS)}, got {sort!r}")
     params, grid = spec.get("params") or {}, spec.get("grid") or {}
     for section, values in (("params", params), ("grid", grid)):
         if not isinstance(values, dict):
@@ -134,31 +159,52 @@ def parse_sweep(text: str, base_dir: Path = Path("."), default_size: int = 1024)
         raise InvalidInput("seeds", "must be a non-empty list of integers")
     params = {"width": default_size, "height": default_size, **params}
     sweep = Sweep(str(spec.get("name") or "sweep"), face_paths, str(spec.get("class_word") or "person"), tuple(texts),
-                  texts_are_ideas, params, grid, tuple(seeds))
+                  texts_are_ideas, params, grid, tuple(seeds), identities, tuple(face_prompts), sort)
+    # checked as they will be sent: the cast of every row (a face is one identity)
+    cast = FaceIdentities(tuple(tuple(b"" for _ in g) for g in identities) or (((b"",),) if face_paths else ()),
+                          tuple(face_prompts))
     if sweep.size > MAX_COMBINATIONS:
         raise InvalidInput("sweep", f"has {sweep.size} combinations ({len(sweep.rows)} rows x {len(sweep.columns)} "
                                     f"columns); at most {MAX_COMBINATIONS}")
     for point, seed in sweep.columns:  # every value checked against the server's limits now
-        probe = "a person img" if face_paths else "probe"
-        sweep.stage_params(point, seed, probe)
+        probe = "a person img" if face_paths or identities else "probe"
+        _, detail = sweep.stage_params(point, seed, probe)
+        if detail is not None:
+            cast.check_with(detail.max_faces, detail.assign, probe)
+        elif identities:
+            raise InvalidInput("identities", "need stage 2 (detail): identity is injected there")
     return sweep
 
 
+def who_name(who) -> str:
+    if who is None:
+        return "no face"
+    if isinstance(who, Path):
+        return who.name
+    return " + ".join("/".join(p.name for p in group) for group in who)
+
+
 def contact_sheet(cells: list[list[np.ndarray]], row_labels: list[str], column_labels: list[str],
-                  cell: int = 256) -> Image.Image:
-    """A labelled grid: row labels on the left, column labels on top, each image scaled to `cell` px."""
+                  cell_labels: list[list[str]] | None = None, cell: int = 256) -> Image.Image:
+    """A labelled grid: row labels on the left, column labels on top, each image scaled to `cell` px; with
+    `cell_labels` (when cells are sorted, so a column is no longer one setting) each cell's label under it."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default(size=14)
     left, top, pad = 220, 48, 6
-    sheet = Image.new("RGB", (left + len(column_labels) * (cell + pad), top + len(row_labels) * (cell + pad)), "white")
+    under = 40 if cell_labels else 0
+    height = cell + pad + under
+    sheet = Image.new("RGB", (left + len(column_labels) * (cell + pad), top + len(row_labels) * height), "white")
     draw = ImageDraw.Draw(sheet)
     for j, text in enumerate(column_labels):
         draw.multiline_text((left + j * (cell + pad), 6), wrap(text, 30), fill="black", font=font)
     for i, text in enumerate(row_labels):
-        draw.multiline_text((6, top + i * (cell + pad) + cell // 3), wrap(text, 26), fill="black", font=font)
+        draw.multiline_text((6, top + i * height + cell // 3), wrap(text, 26), fill="black", font=font)
         for j, image in enumerate(cells[i]):
-            sheet.paste(Image.fromarray(image).resize((cell, cell)), (left + j * (cell + pad), top + i * (cell + pad)))
+            x, y = left + j * (cell + pad), top + i * height
+            sheet.paste(Image.fromarray(image).resize((cell, cell)), (x, y))
+            if cell_labels:
+                draw.multiline_text((x, y + cell + 2), cell_labels[i][j], fill="black", font=font)
     return sheet
 
 
@@ -171,7 +217,7 @@ def wrap(text: str, width: int) -> str:
 def run_sweep(client, store, sweep: Sweep, progress: Callable[[int, int, str], None] | None = None) -> dict:
     """Every combination through `produce`, stored; then the contact sheet. Returns the sweep record."""
 
-    from portrait.app.production import PromptChoice, produce, prompt_from_idea
+    from portrait.app.production import PromptChoice, identity_score, produce, prompt_from_idea
     from portrait.app.store import new_id
 
     sweep_id = f"{sweep.name}-{new_id()}"
@@ -182,25 +228,33 @@ def run_sweep(client, store, sweep: Sweep, progress: Callable[[int, int, str], N
             choices[key] = (prompt_from_idea(text, sweep.class_word, face is not None) if sweep.texts_are_ideas
                             else PromptChoice(text))
     total, done = sweep.size, 0
-    cells, productions = [], []
+    cells, productions, column_labels = [], [], []
     for face, text in sweep.rows:
         row = []
         choice = choices[(face is not None, text)]
-        faces = [face.read_bytes()] if face is not None else None
+        people = ([[face.read_bytes()]] if isinstance(face, Path)
+                  else [[p.read_bytes() for p in group] for group in face] if face else None)
         for point, seed in sweep.columns:
             base, detail = sweep.stage_params(point, seed, choice.prompt)
-            production, out = produce(client, store, choice, base, detail, faces,
-                                      extra={"sweep": {"id": sweep_id, "face": face.name if face else None,
+            production, out = produce(client, store, choice, base, detail, identities=people,
+                                      face_prompts=list(sweep.face_prompts) or None,
+                                      extra={"sweep": {"id": sweep_id, "face": who_name(face) if face else None,
                                                        "text": text, "swept": point, "seed": seed}})
-            row.append(out.image)
+            row.append((out.image, label(point, seed), identity_score(production.meta)))
             productions.append(production.id)
             done += 1
             if progress is not None:
-                progress(done, total, f"{face.name if face else '-'} / {text} / {label(point, seed)}")
+                progress(done, total, f"{who_name(face) if face else '-'} / {text} / {label(point, seed)}")
+        if sweep.sort == "similarity":  # best match first; productions without a face with an identity last
+            row.sort(key=lambda cell: -cell[2] if cell[2] is not None else float("inf"))
         cells.append(row)
-    row_labels = [f"{face.name if face else 'no face'} / {text}" for face, text in sweep.rows]
+    row_labels = [f"{who_name(face)} / {text}" for face, text in sweep.rows]
+    scored = sweep.sort == "similarity"
     column_labels = [label(point, seed) for point, seed in sweep.columns]
-    sheet = contact_sheet(cells, row_labels, column_labels)
+    sheet = contact_sheet([[image for image, _, _ in row] for row in cells], row_labels,
+                          ["by identity similarity" if scored else text for text in column_labels],
+                          [[f"{text}\nsimilarity {score:.2f}" if score is not None else f"{text}\nno identity"
+                            for _, text, score in row] for row in cells] if scored else None)
     record = {"id": sweep_id, "rows": row_labels, "columns": column_labels, "productions": productions,
               "params": sweep.params, "grid": sweep.grid, "seeds": list(sweep.seeds)}
     keys = store.save_curated(sweep_id, {"contact_sheet.png": encode_png(sheet),

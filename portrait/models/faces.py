@@ -1,12 +1,12 @@
-"""Face detection for the default model set: OpenCV's Haar cascade (ships with OpenCV 4.10, nothing downloaded).
-
-With InsightFace's buffalo_l pack under PORTRAIT_MODELS the `face_detector` model uses SCRFD and the
-2d106 landmarks instead; this is the offline fallback. It finds frontal faces and estimates the five
-keypoints from the ArcFace template.
+"""Face detection. With InsightFace's buffalo_l pack under PORTRAIT_MODELS: SCRFD + the 2d106 landmarks. Without it
+(the default, offline): MediaPipe's BlazeFace full-range detector + FaceMesh's 478 landmarks, both shipped inside the
+mediapipe 0.10.21 wheel (Apache-2.0), nothing downloaded. OpenCV's Haar cascade stays as the measured baseline
+(docs/faces.md): it misses tilted and small faces and has no keypoints of its own.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,17 @@ class Faces:
     boxes: np.ndarray  # [F, 4] float32 x0, y0, x1, y1, largest first
     scores: np.ndarray  # [F] float32
     keypoints: np.ndarray  # [F, 5, 2] float32
-    landmarks: np.ndarray | None = None  # [F, 106, 2] float32 when the detector gives them
+    landmarks: np.ndarray | None = None  # [F, L, 2] float32 when the detector gives them (106: 2d106, 478: FaceMesh)
+
+
+def largest_first(boxes: np.ndarray) -> np.ndarray:
+    """Indices ordering `boxes` [F, 4] by area, largest first (ties keep their order)."""
+    return np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
+
+
+def no_faces(landmarks: int | None = None) -> Faces:
+    empty = np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
+    return Faces(*empty, None if landmarks is None else np.zeros((0, landmarks, 2), np.float32))
 
 
 class HaarFaceDetector:
@@ -40,12 +50,12 @@ class HaarFaceDetector:
         rects, _, weights = self.cascade.detectMultiScale3(
             gray, scaleFactor=1.1, minNeighbors=self.min_neighbors, minSize=(side, side), outputRejectLevels=True)
         if len(rects) == 0:
-            return Faces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+            return no_faces()
         scores = 1.0 / (1.0 + np.exp(-np.asarray(weights, np.float64).reshape(-1)))  # level weight -> (0, 1)
         keep = cv2.dnn.NMSBoxes([list(map(int, r)) for r in rects], scores.tolist(), 0.0, 0.3)
         keep = np.asarray(keep, int).reshape(-1)
         boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in np.asarray(rects)[keep]], np.float32)
-        order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")[:max_faces]
+        order = largest_first(boxes)[:max_faces]
         boxes, scores = boxes[order], scores[keep][order].astype(np.float32)
         return Faces(boxes, scores, np.stack([estimate_keypoints(b) for b in boxes]))
 
@@ -80,7 +90,7 @@ class InsightFaceDetector:
         kps = (kpss[keep] if kpss is not None else np.stack([estimate_keypoints(b) for b in boxes])
                if len(boxes) else np.zeros((0, 5, 2)))
         kps = np.stack([k.clip([b[0], b[1]], [b[2], b[3]]) for k, b in zip(kps, boxes)]) if len(boxes) else kps
-        order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
+        order = largest_first(boxes)
         boxes, scores, kps = boxes[order], scores[order], np.asarray(kps, np.float32)[order]
         landmarks = None
         if self.landmarks is not None:
@@ -90,10 +100,103 @@ class InsightFaceDetector:
         return Faces(boxes, scores, kps.reshape(-1, 5, 2), landmarks)
 
 
-def make_face_detector(models_dir) -> HaarFaceDetector | InsightFaceDetector:
-    """InsightFace (SCRFD + 2d106) when the buffalo_l files are under <models>/insightface/, else Haar."""
+# FaceMesh landmark indices of the five ArcFace keypoints, image-left first on an upright face: the iris centres
+# (refine_landmarks), the nose tip, the outer mouth corners.
+MESH_KEYPOINTS = [468, 473, 1, 61, 291]
+MESH_LANDMARKS = 478
+
+
+class MediaPipeFaceDetector:
+    """BlazeFace (short and full range) finds faces, FaceMesh (478 landmarks) runs on each one's crop and confirms it.
+
+    BlazeFace sees its input at 128 or 192 px, so a face of 80 px in a 1280 px group photo would shrink to 12 px: it
+    runs on overlapping square windows (the short side, then half of it) and OpenCV's NMS merges what they find.
+    FaceMesh runs on a square crop twice the face's size, where its own detector sees a large face; a detection that
+    FaceMesh finds no face in is dropped. Boxes are the bounding boxes of the landmarks' face oval (what the mask
+    covers); scores are BlazeFace's. Measured against Haar in docs/faces.md.
+    """
+
+    def __init__(self, threshold: float = 0.5, mesh_threshold: float = 0.5, crop_size: int = 256):
+        import mediapipe as mp
+
+        # short range (model 0) for faces that fill much of a window, full range (model 1) for smaller ones
+        self.detections = [mp.solutions.face_detection.FaceDetection(model_selection=m, min_detection_confidence=threshold)
+                           for m in (0, 1)]
+        self.mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=3, refine_landmarks=True,
+                                                    min_detection_confidence=mesh_threshold)
+        self.crop_size = crop_size
+
+    def windows(self, h: int, w: int) -> list[tuple[int, int, int]]:
+        """Square windows (x, y, side): the short side's and, when it leaves BlazeFace enough pixels, half of it."""
+        out = []
+        for side in (min(h, w), min(h, w) // 2):
+            if side < 128 and out:
+                break
+            stride = max(1, side // 2)
+            ys = sorted({*range(0, h - side + 1, stride), h - side})
+            xs = sorted({*range(0, w - side + 1, stride), w - side})
+            out += [(x, y, side) for y in ys for x in xs]
+        return out
+
+    def candidates(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """BlazeFace over the windows, merged by NMS -> boxes [N, 4] (x0, y0, x1, y1), scores [N]."""
+        boxes, scores = [], []
+        for (x, y, side), detection in itertools.product(self.windows(*image.shape[:2]), self.detections):
+            for d in detection.process(np.ascontiguousarray(image[y:y + side, x:x + side])).detections or []:
+                b = d.location_data.relative_bounding_box
+                boxes.append([x + b.xmin * side, y + b.ymin * side, b.width * side, b.height * side])
+                scores.append(float(d.score[0]))
+        if not boxes:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+        keep = np.asarray(cv2.dnn.NMSBoxes(boxes, scores, 0.0, 0.3), int).reshape(-1)
+        xywh = np.asarray(boxes, np.float32)[keep]
+        return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1), np.asarray(scores, np.float32)[keep]
+
+    def landmarks(self, image: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+        """FaceMesh's 478 landmarks [478, 2] (image pixels) of the face in `box`, or None when it finds none there."""
+        center, side = (box[:2] + box[2:]) / 2, 2.0 * float(max(box[2] - box[0], box[3] - box[1]))
+        scale = self.crop_size / side
+        origin = center - side / 2
+        to_crop = np.array([[scale, 0, -origin[0] * scale], [0, scale, -origin[1] * scale]], np.float32)
+        crop = cv2.warpAffine(image, to_crop, (self.crop_size, self.crop_size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        meshes = self.mesh.process(crop).multi_face_landmarks or []
+        if not meshes:
+            return None
+        points = [np.array([[p.x, p.y] for p in m.landmark], np.float32) * self.crop_size for m in meshes]
+        nearest = min(points, key=lambda p: float(np.linalg.norm(p[MESH_KEYPOINTS[2]] - self.crop_size / 2)))
+        return nearest / scale + origin.astype(np.float32)
+
+    def __call__(self, image: np.ndarray, max_faces: int = 16) -> Faces:
+        """`image` [H, W, 3] uint8 RGB."""
+        from portrait.models.masks import MESH_FACE_OVAL
+
+        h, w = image.shape[:2]
+        found = []
+        for box, score in zip(*self.candidates(image)):
+            marks = self.landmarks(image, box)
+            if marks is None:
+                continue
+            oval = marks[MESH_FACE_OVAL]
+            face_box = np.concatenate([oval.min(0), oval.max(0)]).clip(0, [w, h, w, h]).astype(np.float32)
+            found.append((face_box, score, marks))
+        if not found:
+            return no_faces(MESH_LANDMARKS)
+        # two windows' detections of one face can overlap too little for the first NMS and still find the same mesh
+        boxes = np.stack([f[0] for f in found])
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).tolist()
+        keep = np.asarray(cv2.dnn.NMSBoxes(xywh, [f[1] for f in found], 0.0, 0.5), int).reshape(-1)
+        found, boxes = [found[i] for i in keep], boxes[keep]
+        order = largest_first(boxes)[:max_faces]
+        landmarks = np.stack([found[i][2] for i in order]).astype(np.float32)
+        return Faces(boxes[order], np.array([found[i][1] for i in order], np.float32),
+                     np.ascontiguousarray(landmarks[:, MESH_KEYPOINTS]), landmarks)
+
+
+def make_face_detector(models_dir) -> MediaPipeFaceDetector | InsightFaceDetector:
+    """InsightFace (SCRFD + 2d106) when the buffalo_l files are under <models>/insightface/, else MediaPipe."""
     pack = Path(models_dir) / "insightface"
-    return InsightFaceDetector(pack) if (pack / "det_10g.onnx").exists() else HaarFaceDetector()
+    return InsightFaceDetector(pack) if (pack / "det_10g.onnx").exists() else MediaPipeFaceDetector()
 
 
 ARCFACE_FILE = "w600k_r50.onnx"

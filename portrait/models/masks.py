@@ -15,6 +15,12 @@ import numpy as np
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
 
+# FaceMesh's face oval, in order around the face from the top of the forehead (landmark 10). A deliberate copy of
+# mediapipe's FACEMESH_FACE_OVAL edges walked into a polygon (the mask is built where mediapipe is not imported);
+# tests/unit/test_detector.py checks it against mediapipe's own.
+MESH_FACE_OVAL = [10, 109, 67, 103, 54, 21, 162, 127, 234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400,
+                  378, 379, 365, 397, 288, 361, 323, 454, 356, 389, 251, 284, 332, 297, 338]
+
 
 @dataclass(frozen=True)
 class CropBox:
@@ -48,10 +54,13 @@ def estimate_keypoints(box: np.ndarray) -> np.ndarray:
 
 
 def face_mask(image_hw: tuple[int, int], box: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
-    """Binary face mask [H, W] float32: hull of the 106 landmarks raised to the brow line, else an ellipse in the box."""
+    """Binary face mask [H, W] float32 from the detector's landmarks: FaceMesh's face oval (478 points: forehead to
+    chin), or the hull of InsightFace's 106 points raised to the brow line; an ellipse in the box when there are none."""
     mask = np.zeros(image_hw, np.uint8)
-    if landmarks is not None and len(landmarks) >= 3:
-        points = np.asarray(landmarks, np.float32)
+    points = None if landmarks is None else np.asarray(landmarks, np.float32)
+    if points is not None and len(points) > max(MESH_FACE_OVAL):
+        cv2.fillPoly(mask, [points[MESH_FACE_OVAL].round().astype(np.int32)], 1)
+    elif points is not None and len(points) >= 3:
         top = points[:, 1].min()
         # the 2d106 points stop at the brows; lift the upper half by a fifth of the face height to take the forehead
         height = points[:, 1].max() - top

@@ -19,7 +19,7 @@ from portrait.diffusion.noise import initial_noise
 from portrait.diffusion.schedules import make_scheduler
 from portrait.errors import InvalidInput
 from portrait.models.checkpoint import SDXLInfo
-from portrait.models.unet_runner import UNetDims, check_finite, check_width
+from portrait.models.unet_runner import UNetDims, check_finite, check_latent_size, check_width
 from portrait.params import STEPS_MAX, DenoiseParams, check_int_range, steps_run
 from portrait.serving.cancel import JOB_ID
 
@@ -97,8 +97,8 @@ def image_guide(arrays: Arrays, params: DenoiseParams, noise: torch.Tensor) -> I
         return None
     if tuple(latents.shape) != tuple(noise.shape):
         raise InvalidInput("image_latents", f"must have shape {list(noise.shape)}, got {list(latents.shape)}")
-    if change is None:
-        change = np.ones((noise.shape[0], 1, params.height, params.width), np.float32)  # plain img2img
+    if change is None:  # refused as change_map without image_latents is: text-to-image would run in silence
+        raise InvalidInput("change_map", "is required with image_latents (all ones for plain img2img)")
     if change.shape != (noise.shape[0], 1, params.height, params.width):
         raise InvalidInput("change_map", f"must have shape {[noise.shape[0], 1, params.height, params.width]}, "
                                          f"got {list(change.shape)}")
@@ -112,7 +112,9 @@ def denoise_loop(arrays: Arrays, scalars: dict[str, Any], info: SDXLInfo,
                  dims: UNetDims) -> Generator[UNetCall, torch.Tensor, torch.Tensor]:
     """Check the whole request, then return its `denoise_steps` generator (nothing computed yet)."""
     params = decode_params(scalars, arrays.get("seeds"))
-    f = info.vae_scale_factor  # sizes are multiples of 8 (DenoiseParams); the UNet takes any latent size
+    f = info.vae_scale_factor  # sizes are multiples of 8 (DenoiseParams)
+    # torch runs any latent size; a TensorRT engine only its profiles' (dims.latent_ranges): refused here, by field
+    check_latent_size(dims, params.height // f, params.width // f, scale=f, fields=("height", "width"))
     cond = decode_conditioning(arrays, scalars, params, dims)
     if arrays.get("image_latents") is not None:
         check_finite("image_latents", arrays["image_latents"])

@@ -26,6 +26,9 @@ log = logging.getLogger("portrait.metrics")
 OUTCOMES = ("success", "invalid_arg", "cancelled", "unavailable", "internal")
 # seconds: a text encoding on a GPU (~10 ms) up to a full portrait on CPU (minutes)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# ArcFace cosine of a detailed face to the identity it was given: unrelated faces sit near 0, the same person
+# above ~0.3 with real weights (papers report 1 - cosine, e.g. 0.21 for InfiniteYou)
+SIMILARITY_BUCKETS = (-0.2, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -51,6 +54,10 @@ class ModelMetrics:
                                 ["model"]).labels(model)
         self.cancellations = Counter("portrait_cancellations", "Requests cancelled by their client",
                                      ["model"]).labels(model)
+        self.similarity = Histogram("portrait_identity_similarity",
+                                    "ArcFace cosine similarity of each detailed face to the identity it was given "
+                                    "(one observation per face with an identity)", ["model"],
+                                    buckets=SIMILARITY_BUCKETS).labels(model)
 
 
 class SchedulerMetrics:
@@ -141,6 +148,12 @@ def faces_detailed(model: str, count: int) -> None:
 
 def identity_request(model: str) -> None:
     _apply(model, "identity", 1)
+
+
+def identity_similarity(model: str, values) -> None:
+    """Each detailed face's cosine similarity to its own identity (DetailResult.assigned_similarity)."""
+    for value in values:
+        _apply(model, "similarity", float(value), "observe")
 
 
 # --- the exporting side (portrait serve) --------------------------------------------------------------------------

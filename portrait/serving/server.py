@@ -75,12 +75,14 @@ def backend_directory(cache: Path) -> Path:
     return target
 
 
-def server_environment(settings: Settings, drain_file: Path | None = None,
+def server_environment(settings: Settings, drain_file: Path | None = None, internal_secret: str = "",
                        metrics_dir: Path | None = None) -> dict[str, str]:
     """The server's environment: its bundled libraries, this interpreter's libpython, the models' import paths,
-    the drain flag the models check, where the models write their metrics (portrait/serving/metrics.py), and a
+    the drain flag the models check, the secret that marks their BLS requests internal (triton_io.is_internal: an
+    outside client cannot forge it), where the models write their metrics (portrait/serving/metrics.py), and a
     temporary directory under PORTRAIT_CACHE_DIR (read-only root)."""
     env = dict(os.environ)
+    env["PORTRAIT_INTERNAL_SECRET"] = internal_secret
     if metrics_dir is not None:
         env[metrics.MULTIPROC_ENV] = str(metrics_dir)
     tmp = settings.cache_dir / "tmp"
@@ -200,6 +202,10 @@ class TritonServer:
     log_path: Path
     process: subprocess.Popen | None = None
     api_key: str = ""  # X-Portrait-Key of the restricted APIs: PORTRAIT_API_KEY, or random per server
+    # Triton's own HTTP port, on 127.0.0.1 only: `http_port` is the validating front's (portrait/serving/http_front.py)
+    triton_http_port: int = 0
+    internal_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))  # BLS requests carry it
+    front: object | None = None  # the running HttpFront
     shm_regions: set[str] = field(default_factory=set)  # every region its stubs were seen with
     endpoint: MetricsEndpoint | None = None  # started with the first start, kept over restarts
     stub_pids: set[int] = field(default_factory=set)  # every stub seen (their live gauges go when they die)
@@ -209,7 +215,9 @@ class TritonServer:
         settings = settings or get_settings()
         ports = [free_port() for _ in range(3)] if free_ports else [settings.http_port, settings.grpc_port, settings.metrics_port]
         log = log_path or settings.cache_dir / f"tritonserver-{ports[1]}.log"
-        return cls(settings, *ports, free_port(), log_path=log, api_key=settings.api_key or secrets.token_urlsafe(24))
+        internal = settings.triton_http_port if settings.triton_http_port and not free_ports else free_port()
+        return cls(settings, *ports, free_port(), log_path=log, api_key=settings.api_key or secrets.token_urlsafe(24),
+                   triton_http_port=internal)
 
     @property
     def host(self) -> str:
@@ -221,7 +229,13 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
+        """The public HTTP port: the validating front."""
         return f"{self.host}:{self.http_port}"
+
+    @property
+    def triton_http_url(self) -> str:
+        """Triton's own HTTP port (loopback, internal)."""
+        return f"127.0.0.1:{self.triton_http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -239,8 +253,11 @@ class TritonServer:
         return [
             str(pytriton_root() / "tritonserver" / "bin" / "tritonserver"), *repos,
             f"--backend-directory={backend_directory(cache)}",
-            f"--http-address={host}", f"--grpc-address={host}", "--metrics-address=127.0.0.1",
-            f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.triton_metrics_port}",
+            # Triton's HTTP and metrics on loopback only: the public HTTP port is the front's (Triton's JSON parser can
+            # abort the server), the public metrics port the MetricsEndpoint's (Triton's metrics + the models' own)
+            "--http-address=127.0.0.1", f"--grpc-address={host}", "--metrics-address=127.0.0.1",
+            f"--http-port={self.triton_http_port}", f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.triton_metrics_port}",
             # closed by default: the APIs that change the server answer only with the key
             f"--http-restricted-api={restricted}:{API_KEY_HEADER}={self.api_key}",
             f"--grpc-restricted-protocol={restricted}:{API_KEY_HEADER.lower()}={self.api_key}",
@@ -262,7 +279,8 @@ class TritonServer:
         self.drain_file.unlink(missing_ok=True)
         self.shm_regions.clear()
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                        env=server_environment(self.settings, self.drain_file, self.metrics_dir),
+                                        env=server_environment(self.settings, self.drain_file, self.internal_secret,
+                                                               self.metrics_dir),
                                         start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
@@ -273,6 +291,7 @@ class TritonServer:
                 raise ServerError(f"tritonserver exited with {self.process.returncode}; last log lines:\n{self.log_tail()}")
             if self.ready():
                 self.stubs()
+                self.start_front()
                 return self
             if abort is not None and abort():
                 self.stop(timeout=5)
@@ -281,9 +300,22 @@ class TritonServer:
         self.stop()
         raise ServerError(f"tritonserver not ready after {timeout:.0f} s; last log lines:\n{self.log_tail()}")
 
+    def start_front(self) -> None:
+        """The validating front on the public HTTP port, checking requests against the configs Triton now serves."""
+        from portrait.serving.http_front import HttpFront, Limits, fetch_model_specs
+
+        try:
+            models = fetch_model_specs(self.triton_http_url, self.api_key)
+            limits = Limits(self.settings.http_max_body, self.settings.http_max_json)
+            self.front = HttpFront(self.settings.host, self.http_port, self.triton_http_url, self.api_key, models,
+                                   limits).start()
+        except Exception:
+            self.stop(timeout=5)
+            raise
+
     def ready(self, timeout: float = 2.0) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=timeout) as r:
+            with urllib.request.urlopen(f"http://{self.triton_http_url}/v2/health/ready", timeout=timeout) as r:
                 return r.status == 200
         except OSError:
             return False
@@ -357,9 +389,9 @@ class TritonServer:
         return int(round(total))
 
     def probe(self, timeout: float = 10.0) -> str | None:
-        """A cheap end-to-end check through Triton into a stub: face_detector on an 8x8 image (a few ms). Marked
-        internal so a draining server still answers it. None when it answered, else why not."""
-        body = json.dumps({"parameters": {"portrait_internal": True},
+        """A cheap end-to-end check through the HTTP front and Triton into a stub: face_detector on an 8x8 image (a few
+        ms). Marked internal (the secret) so a draining server still answers it. None when it answered, else why not."""
+        body = json.dumps({"parameters": {"portrait_internal": self.internal_secret},
                            "inputs": [{"name": "image", "shape": [8, 8, 3], "datatype": "UINT8", "data": [0] * 192}],
                            "outputs": [{"name": "boxes"}]}).encode()
         request = urllib.request.Request(f"http://{self.http_url}/v2/models/face_detector/infer", data=body,
@@ -390,6 +422,9 @@ class TritonServer:
         """SIGTERM (Triton unloads its models), then SIGKILL what is left of the server's process group, then remove
         its stubs' shared-memory regions. Drain first (Supervisor.drain): Triton's own SIGTERM handling unloads
         models under in-flight BLS work."""
+        if self.front is not None:  # first: new HTTP requests are refused at the door, not cut inside
+            self.front.stop()
+            self.front = None
         if self.process is None:
             return
         self.stubs()

@@ -10,6 +10,7 @@ plain message (never a path or traceback text for internal errors).
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -28,6 +29,10 @@ from portrait.serving import metrics
 
 log = logging.getLogger(LOGGER)
 INTERNAL_PARAMETER = "portrait_internal"  # set on every BLS request: child work of an accepted request
+# its value: a random secret per server start, given to the stubs in their environment by portrait serve
+# (server_environment), so an outside client cannot forge it; without it nothing counts as internal
+INTERNAL_SECRET_ENV = "PORTRAIT_INTERNAL_SECRET"
+ECHO_LIMIT = 500  # characters of a message that reach a client or a log line (a value a client sent may be in it)
 _model: str | None = None
 
 
@@ -144,25 +149,33 @@ class BlsError(PortraitError):
         self.model, self.code, self.message = model, code, message
 
 
+def capped(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` cut to `limit` characters: the one cap on what a message echoes (a 5 MiB job_id is not sent back or
+    logged in full)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters, cut)"
+
+
 def to_triton_error(error: Exception) -> pb_utils.TritonError:
     E = pb_utils.TritonError
     model = model_name()
     if isinstance(error, E):
-        return error
+        return E(capped(error.message()), error.code())
     if isinstance(error, InvalidInput):
-        log.info("INVALID_ARG %s", error)
-        return E(str(error), E.INVALID_ARG)
+        log.info("INVALID_ARG %s", capped(error))
+        return E(capped(error), E.INVALID_ARG)
     if isinstance(error, Cancelled):
-        log.info("CANCELLED %s", error)
-        return E(str(error), E.CANCELLED)
+        log.info("CANCELLED %s", capped(error))
+        return E(capped(error), E.CANCELLED)
     if isinstance(error, Unavailable):
-        log.warning("UNAVAILABLE %s", error)
-        return E(str(error), E.UNAVAILABLE)
+        log.warning("UNAVAILABLE %s", capped(error))
+        return E(capped(error), E.UNAVAILABLE)
     if isinstance(error, BlsError):  # logged by the callee with its traceback; the code and message stay
-        log.warning("error from %s (%s): %s", error.model, outcome_of(error.code), error.message)
-        return E(error.message, error.code)
+        message = capped(error.message)
+        log.warning("error from %s (%s): %s", error.model, outcome_of(error.code), message)
+        return E(message, error.code)
     if isinstance(error, ModelSetError):
-        log.error("%s unavailable: %s", model, error)
+        log.error("%s unavailable: %s", model, capped(error))
         return E(f"{model} is unavailable on this server: its weights are not installed (see the server log)",
                  E.UNAVAILABLE)
     log.error("internal error in %s", model, exc_info=error)
@@ -176,11 +189,18 @@ def drain_file() -> str | None:
     return os.environ.get("PORTRAIT_DRAIN_FILE") or None
 
 
+def internal_secret() -> str:
+    return os.environ.get(INTERNAL_SECRET_ENV, "")
+
+
 def is_internal(request) -> bool:
+    """Child work of an accepted request: its `portrait_internal` parameter holds this server's secret."""
+    secret = internal_secret()
     try:
-        return bool(json.loads(request.parameters() or "{}").get(INTERNAL_PARAMETER))
+        value = json.loads(request.parameters() or "{}").get(INTERNAL_PARAMETER)
     except Exception:
         return False
+    return bool(secret) and isinstance(value, str) and hmac.compare_digest(value.encode(), secret.encode())
 
 
 def refuse_if_draining(request) -> None:
@@ -200,7 +220,7 @@ def bls_request(model: str, inputs: dict[str, np.ndarray], outputs: list[str],
         model_name=model,
         inputs=[tensor(k, v) for k, v in inputs.items()],
         requested_output_names=outputs,
-        parameters={INTERNAL_PARAMETER: True},
+        parameters={INTERNAL_PARAMETER: internal_secret()},
         timeout=int(timeout * 1e6),
         **traced,
     )

@@ -215,6 +215,12 @@ TABLE = [
     ("face_detailer", replace("face_detailer", id_images=b(png())), "prompt", "trigger word"),
     ("face_detailer", replace("face_detailer", id_images=b()), "id_images", "is empty"),
     ("face_detailer", replace("face_detailer", prompt=b(b"")), "prompt", "must not be empty"),
+    # limits per request (issue 20 §3): the cost budget and the image-pixel cap
+    ("stage1", replace("stage1", width=i32(2048), height=i32(2048), batch_size=i32(8)), "steps", "megapixel-steps"),
+    ("face_detailer", replace("face_detailer", work_size=i32(2048), max_faces=i32(8), steps=i32(40)), "steps",
+     "PORTRAIT_MAX_REQUEST_COST"),
+    ("face_detector", {"image": u8((2056, 2048, 3))}, "image", "PORTRAIT_MAX_IMAGE_PIXELS"),
+    ("vae_encoder", {"image": u8((1, 2056, 2048, 3))}, "image", "PORTRAIT_MAX_IMAGE_PIXELS"),
 ]
 TABLE_IDS = [f"{m}-{f}-{i}" for i, (m, _, f, _) in enumerate(TABLE)]
 
@@ -334,3 +340,155 @@ def test_client_checks_fail_before_connecting():
     with pytest.raises(Unavailable):  # what any call that does go out meets here
         client.stage1(Stage1Params(prompt="x", width=64, height=64, steps=1))
     client.close()
+
+
+# --- the public HTTP port (the validating front, portrait/serving/http_front.py): what aborted Triton (issue 20) ------
+
+def post(server, model: str, body: bytes, headers: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
+    import http.client
+    import json
+
+    host, port = server.http_url.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request("POST", f"/v2/models/{model}/infer", body=body,
+                           headers={"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+def json_request(*inputs: dict, outputs=("images",)) -> bytes:
+    import json
+
+    prompt = {"name": "prompt", "shape": [1], "datatype": "BYTES", "data": ["a portrait"]}
+    size = [{"name": n, "shape": [1], "datatype": "INT32", "data": [64]} for n in ("width", "height")
+            if n not in {i["name"] for i in inputs}]
+    steps = {"name": "steps", "shape": [1], "datatype": "INT32", "data": [1]}
+    return json.dumps({"inputs": [prompt, steps, *size, *inputs], "outputs": [{"name": o} for o in outputs]}).encode()
+
+
+def width_input(data, shape=(1,), datatype="INT32") -> dict:
+    return {"name": "width", "shape": list(shape), "datatype": datatype, "data": data}
+
+
+def nested(levels: int) -> bytes:
+    return json_request(width_input([0])).replace(b'"data": [0]', b'"data": ' + b"[" * levels + b"64" + b"]" * levels)
+
+
+HTTP_CRASHES = [  # (model, body, input named): each aborted tritonserver 2.51 (bad_alloc; SIGSEGV, stack overflow)
+    ("stage1", json_request(width_input([64], shape=[1099511627776])), "width"),
+    ("face_detector", b'{"inputs": [{"name": "image", "shape": [1048576, 1048576, 3], "datatype": "UINT8", "data": [0]}]}',
+     "image"),
+    ("stage1", nested(100_000), "request"),
+]
+HTTP_JSON_CASES = [  # (body, input named): 500 from Triton 2.51 (or a silent wrap), 400 naming the input here
+    (b"{not json", "request"),
+    (b'{"inputs": 5}', "inputs"),
+    (b'{"inputs": [5]}', "inputs"),
+    (b"[1, 2]", "request"),
+    (json_request(width_input([64, 64])), "width"),
+    (json_request(width_input([64], shape=[2])), "width"),
+    (json_request(width_input([64.5])), "width"),
+    (json_request(width_input(["64"])), "width"),
+    (json_request(width_input([None])), "width"),
+    (json_request(width_input([4294967360])), "width"),  # was wrapped to 64 and served
+    (json_request(width_input([64], shape="1")), "width"),
+    (json_request(width_input([64], shape=[-1])), "width"),
+    (json_request().replace(b'"a portrait"', b'"a \\udc80 portrait"'), "prompt"),
+    (json_request(width_input([64])).replace(b'"data": [64]', b'"data": [NaN]', 1), "request"),
+    (json_request({"name": "width", "shape": [1], "datatype": "INT32", "parameters": {"binary_data_size": -4}}), "width"),
+    (json_request({"name": "width", "shape": [1], "datatype": "INT32", "parameters": {"binary_data_size": 4}}), "width"),
+    (json_request({"name": "width", "shape": [1], "datatype": "INT32"}), "width"),
+    (json_request({"name": "guidance_scale", "shape": [1], "datatype": "FP32", "data": [1e39]}), "guidance_scale"),
+]
+
+
+def triton_pid(server) -> int:
+    return server.process.pid
+
+
+@pytest.mark.parametrize("model,body,field", HTTP_CRASHES, ids=["stage1-width-2^40", "face_detector-image-2^40",
+                                                                 "nested-100000"])
+def test_http_crash_inputs_are_refused(server, http_client, model, body, field):
+    pid = triton_pid(server)
+    status, answer = post(server, model, body)
+    assert status == 400 and answer["error"].startswith(f"{field}: "), (status, answer)
+    assert server.process.poll() is None and triton_pid(server) == pid, "tritonserver died"
+    good_request_works(http_client)
+
+
+@pytest.mark.parametrize("body,field", HTTP_JSON_CASES, ids=[f"{i}-{c[1]}" for i, c in enumerate(HTTP_JSON_CASES)])
+def test_malformed_http_json_is_400_naming_the_input(server, body, field):
+    status, answer = post(server, "stage1", body)
+    assert status == 400 and answer["error"].startswith(f"{field}: "), (status, answer)
+    assert "Traceback" not in answer["error"] and "/work" not in answer["error"] and len(answer["error"]) < 600
+
+
+def test_server_serves_after_the_http_attacks(server, http_client, grpc_client):
+    pid = triton_pid(server)
+    for model, body, _ in HTTP_CRASHES:
+        assert post(server, model, body)[0] == 400
+    for body, _ in HTTP_JSON_CASES:
+        assert post(server, "stage1", body)[0] == 400
+    seed = {"name": "seed", "shape": [1], "datatype": "INT64", "data": [7]}
+    status, answer = post(server, "stage1", json_request(seed, outputs=("seeds",)))
+    assert status == 200 and answer["outputs"][0]["data"] == [7], answer  # a good JSON request still goes through
+    good_request_works(http_client)  # and the binary extension (tritonclient's default)
+    good_request_works(grpc_client)
+    assert server.process.poll() is None and triton_pid(server) == pid, "tritonserver restarted"
+
+
+def test_http_body_cap_refuses_early_without_reading(server):
+    """A 300 MB body is refused when its Content-Length arrives (nothing read), and a chunked one as soon as it passes
+    PORTRAIT_HTTP_MAX_BODY: the front (in this process) never holds it, Triton never sees it."""
+    import resource
+    import socket
+
+    host, port = server.http_url.rsplit(":", 1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    for framing in ("content-length", "chunked"):
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            length = "Content-Length: 314572800" if framing == "content-length" else "Transfer-Encoding: chunked"
+            s.sendall(f"POST /v2/models/stage1/infer HTTP/1.1\r\nHost: x\r\n{length}\r\n\r\n".encode())
+            chunk, sent = bytes(1 << 20), 0
+            try:
+                while sent < 300 << 20:
+                    s.sendall(chunk if framing == "content-length" else b"100000\r\n" + chunk + b"\r\n")
+                    sent += len(chunk)
+            except OSError:  # the front answered and closed the connection
+                pass
+            answer = s.recv(65536).decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 413"), answer[:200]
+        assert "PORTRAIT_HTTP_MAX_BODY" in answer
+        assert sent < 100 << 20, f"{framing}: {sent >> 20} MiB went in before the refusal"
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown < 100 * 1024, f"the process grew {grown >> 10} MiB"
+
+
+def test_echoed_job_id_is_capped(grpc_client):
+    """A 5 MiB job_id comes back as a short error, not 5 MiB (issue 20); the cap is in triton_io.to_triton_error."""
+    import tritonclient.grpc as g
+
+    embeds, pooled = np.zeros((1, 77, 96), np.float32), np.zeros((1, 64), np.float32)
+    inputs = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "negative_prompt_embeds": embeds,
+              "negative_pooled_prompt_embeds": pooled, "seeds": np.array([1], np.int64),
+              "height": np.array([64], np.int32), "width": np.array([64], np.int32), "steps": np.array([2], np.int32),
+              "guidance_scale": np.array([5], np.float32), "guidance_cutoff": np.array([0], np.float32),
+              "job_id": np.array([b"0" * (5 << 20)], np.object_)}
+    errors = []
+    client = g.InferenceServerClient(grpc_client.url)
+    client.start_stream(callback=lambda result, error: errors.append(error))
+    tensors = []
+    for name, array in inputs.items():
+        datatype = {np.float32: "FP32", np.int64: "INT64", np.int32: "INT32"}.get(array.dtype.type, "BYTES")
+        tensor = g.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    client.async_stream_infer("denoise", tensors)
+    client.stop_stream()
+    client.close()
+    messages = [e.message() for e in errors if e is not None]
+    assert messages and all(len(m) < 1000 for m in messages), [len(m) for m in messages]
+    assert any(m.startswith("job_id: must be 32 hex digits") and "characters, cut" in m for m in messages), messages

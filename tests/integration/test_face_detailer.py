@@ -89,7 +89,7 @@ def test_face_detector_model(grpc_client):
     photo = package_file("insightface", "data/images/t1.jpg")
     out = grpc_client.infer("face_detector", {"image": ("UINT8", photo), "max_faces": ("INT32", np.array([3], np.int32))},
                             ["boxes", "scores", "keypoints", "landmarks"])
-    assert out["boxes"].shape == (3, 4) and out["keypoints"].shape == (3, 5, 2) and out["landmarks"].shape == (3, 0, 2)
+    assert out["boxes"].shape == (3, 4) and out["keypoints"].shape == (3, 5, 2) and out["landmarks"].shape == (3, 478, 2)  # FaceMesh
     with pytest.raises(InvalidInput, match=r"max_faces: must be in \[1, 8\], got 0"):
         grpc_client.infer("face_detector", {"image": ("UINT8", photo), "max_faces": ("INT32", np.array([0], np.int32))},
                           ["boxes"])

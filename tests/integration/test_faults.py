@@ -113,6 +113,28 @@ class Served:
                 self.process.wait()
 
 
+def forged_internal_requests(served: Served, protocol: str) -> list[str]:
+    """stage1 requests from outside carrying `portrait_internal` (true, "true"): what each got back."""
+    import tritonclient.grpc as g
+    import tritonclient.http as h
+    from tritonclient.utils import InferenceServerException
+
+    module = g if protocol == "grpc" else h
+    client = (g.InferenceServerClient(served.grpc_url) if protocol == "grpc"
+              else h.InferenceServerClient(f"127.0.0.1:{served.http}", network_timeout=60))
+    prompt = module.InferInput("prompt", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array([b"a portrait"], np.object_))
+    answers = []
+    for value in (True, "true"):
+        try:
+            client.infer("stage1", [prompt], parameters={"portrait_internal": value})
+            answers.append("served")
+        except InferenceServerException as error:
+            answers.append(str(error))
+    client.close()
+    return answers
+
+
 @pytest.fixture(scope="module")
 def served(models_dir):
     running = Served()
@@ -295,6 +317,9 @@ def test_sigterm_drains_in_flight_requests(served):
     served.wait_unready(UNREADY_BOUND)
     with served.client() as late, pytest.raises(Unavailable):
         late.stage1(QUICK)  # refused while draining
+    for protocol in ("grpc", "http"):  # an outside request claiming to be internal is refused too (issue 20)
+        answers = forged_internal_requests(served, protocol)
+        assert all("service unavailable" in a and "shutting down" in a for a in answers), (protocol, answers)
     for box in boxes:
         box["thread"].join(300)
         assert "result" in box, f"an in-flight request did not complete: {box}\n{served.log_tail()}"
@@ -593,11 +618,36 @@ def test_drain_refuses_direct_requests_only(io_module, tmp_path, monkeypatch):
 
     flag = tmp_path / "draining"
     monkeypatch.setenv("PORTRAIT_DRAIN_FILE", str(flag))
+    monkeypatch.setenv("PORTRAIT_INTERNAL_SECRET", "s3cret-of-this-server")
     io_module.refuse_if_draining(Request("{}"))  # not draining yet
     flag.touch()
     with pytest.raises(Unavailable):
         io_module.refuse_if_draining(Request("{}"))
-    io_module.refuse_if_draining(Request('{"portrait_internal": true}'))  # child work of an accepted request
+    io_module.refuse_if_draining(Request('{"portrait_internal": "s3cret-of-this-server"}'))  # child work (bls_request)
+    # what an outside client can send: forged markers are refused (issue 20: `portrait_internal=true` bypassed the drain)
+    for forged in ('{"portrait_internal": true}', '{"portrait_internal": "true"}', '{"portrait_internal": 1}',
+                   '{"portrait_internal": "s3cret"}', '{"portrait_internal": ""}'):
+        with pytest.raises(Unavailable):
+            io_module.refuse_if_draining(Request(forged))
+    monkeypatch.setenv("PORTRAIT_INTERNAL_SECRET", "")  # no secret (not started by portrait serve): nothing is internal
+    with pytest.raises(Unavailable):
+        io_module.refuse_if_draining(Request('{"portrait_internal": ""}'))
+
+
+def test_echoed_values_are_capped(io_module, caplog):
+    """A 5 MiB job_id is not echoed into a 5 MiB error message or log line (issue 20)."""
+    import logging
+
+    huge = "0" * (5 * 2**20)
+    with caplog.at_level(logging.INFO, logger="portrait"):
+        io_module.log.propagate = True
+        for error in (InvalidInput("job_id", f"must be 32 hex digits, got {huge!r}"), Unavailable(huge),
+                      io_module.BlsError("denoise", io_module.pb_utils.TritonError.INVALID_ARG, huge)):
+            message = io_module.error_response(error).error().message()
+            assert len(message) < 1000 and "characters, cut" in message, len(message)
+    assert caplog.records and all(len(r.getMessage()) < 1000 for r in caplog.records)
+    assert io_module.error_response(InvalidInput("job_id", "must be 32 hex digits")).error().message() == \
+        "job_id: must be 32 hex digits"  # short messages unchanged
 
 
 def test_client_maps_unavailable():

@@ -99,9 +99,9 @@ def raw_detail(client, target: bytes, faces: list[bytes], **over):
 @pytest.mark.parametrize("case, field, message", [
     ("no trigger", "prompt", "needs the trigger word 'img' right after the class word"),
     ("two triggers", "prompt", "must contain the trigger word 'img' once, found it 2 times"),
-    ("no face", "id_images", "no face found in photo 2 of 2"),
-    ("too many", "id_images", "at most 4 identity photos, got 5"),
-    ("not an image", "id_images", "photo 1 of 1 is not a readable image"),
+    ("no face", "id_images", "no face found in photo 2 of identity 1"),
+    ("too many", "id_images", "at most 4 identity photos per identity (identity 1), got 5"),
+    ("not an image", "id_images", "photo 1 of identity 1 is not a readable image"),
 ])
 def test_bad_identity_input(grpc_client, http_client, photos, case, field, message):
     faces = {"no face": [photos["astronaut"], photos["blank"]], "too many": [photos["astronaut"]] * 5,
@@ -122,7 +122,7 @@ def test_portrait_rejects_bad_identity_before_any_diffusion(grpc_client, photos)
     arrays = field_arrays(params, STAGE1_TYPES, [n for n in STAGE1_TYPES if n != "batch_size"])
     arrays["id_images"] = ("BYTES", np.array([photos["blank"]], dtype=object))
     steps = []
-    with pytest.raises(InvalidInput, match="no face found in photo 1 of 1") as error:
+    with pytest.raises(InvalidInput, match="no face found in photo 1 of identity 1") as error:
         for out in grpc_client.stream("portrait", arrays, ["step", "image"]):
             steps.append(out)
     assert error.value.field == "id_images" and steps == []

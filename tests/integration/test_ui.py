@@ -97,6 +97,50 @@ def test_create_page_generates_three_panels(ui_env):
     assert [p.id for p, _ in items] == [production.id]
 
 
+@pytest.mark.parametrize("setting,field,message", [
+    ({"people": 2}, "id_images", "identity 2 has no photo"),  # person 2 added, no photo given
+    ({"assign": "match", "sample_face": "none"}, "assign", "match needs identity photos"),
+    ({"face_prompt_0": "a man"}, "face_prompts", "prompt 1 (identity 1): needs the trigger word"),
+])
+def test_create_page_checks_the_people_as_the_server_does(ui_env, setting, field, message):
+    at = app("create.py")
+    at.text_area(key="prompt").set_value("portrait of a woman img, oil painting")
+    at.selectbox[0].set_value("astronaut (sample)")
+    if "people" in setting:
+        at.number_input(key="people").set_value(setting["people"]).run()
+    if "assign" in setting:
+        at.radio(key="assign").set_value(setting["assign"])
+        at.selectbox[0].set_value(setting["sample_face"])
+    if "face_prompt_0" in setting:
+        at.text_input(key="face_prompt_0").set_value(setting["face_prompt_0"])
+    button(at, "Generate").click().run()
+    assert len(at.error) == 1 and at.error[0].value.startswith(f"{field}: ") and message in at.error[0].value, at.error
+    assert not at.exception
+    assert ui_env.productions() == []  # refused before anything was sent
+
+
+def test_create_page_generates_with_two_people_and_shows_who_got_whom(ui_env):
+    at = app("create.py")
+    at.number_input(key="people").set_value(2).run()
+    assert at.text_input(key="face_prompt_1") is not None and at.radio(key="assign").options == ["order", "match"]
+    at.selectbox[0].set_value("astronaut (sample)")
+    at.text_area(key="prompt").set_value("portrait of a woman img, oil painting")
+    at.number_input(key="people").set_value(1)
+    at.text_input(key="face_prompt_0").set_value("a smiling woman img")
+    for key, value in (("width", 64), ("height", 64), ("steps", 2), ("seed", 721)):
+        at.number_input(key=key).set_value(value)
+    button(at, "Generate").click().run()
+    assert not at.exception and not at.error
+    [production] = ui_env.productions()
+    assert production.meta["face_prompts"] == ["a smiling woman img"] and len(production.meta["identities"]) == 1
+    check = production.meta["identity_check"]
+    assert len(check) == production.meta["faces_detailed"]
+    if check:  # a face in the base: its box is drawn, labelled with its identity and similarity
+        captions = [i.proto.imgs[0].caption for i in at.get("image")]
+        assert any(c.startswith("Who got whom") for c in captions)
+        assert any("face 1: identity 1, similarity" in c.value for c in at.caption)
+
+
 def saved_production(store, seed: int, keywords: list[str]):
     image = np.full((32, 32, 3), seed * 20, np.uint8)
     production = store.save_production({"image": image, "base": image, "mask": image[..., 0]},
@@ -249,10 +293,10 @@ def test_real_browser_shows_every_image(running_app, tmp_path):
         page.goto(running_app.url)
         page.get_by_role("button", name="Generate").wait_for(timeout=60_000)
         page.locator("input[type=file]").set_input_files(str(phone))
-        page.get_by_text("identity 1").wait_for(timeout=30_000)
+        page.get_by_text("person 1, photo 1").wait_for(timeout=30_000)
         page.get_by_role("combobox").first.click()
         page.get_by_role("option", name="astronaut (sample)").click()
-        page.get_by_text("identity 2").wait_for(timeout=30_000)
+        page.get_by_text("person 1, photo 2").wait_for(timeout=30_000)
         thumbnails = assert_images_load(page, watch, running_app, at_least=2)
         assert [(i["width"], i["height"]) for i in thumbnails] == [(96, 66), (96, 96)]  # upright: 1280x886 at 96 px
         page.get_by_label(re.compile("^Prompt")).fill("portrait of a woman img, oil painting")

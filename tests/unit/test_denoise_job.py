@@ -51,6 +51,7 @@ def test_a_good_request_gives_a_loop(dims, info):
     ("id_prompt_embeds", lambda d: dict(id_prompt_embeds=np.full((1, 77, d.cross_attention_dim), np.nan, np.float32),
                                         id_pooled_prompt_embeds=np.zeros((1, d.pooled_dim), np.float32)), "finite"),
     ("image_latents", lambda d: dict(image_latents=np.full((1, 4, 8, 8), np.nan, np.float32)), "finite"),
+    ("change_map", lambda d: dict(image_latents=np.zeros((1, 4, 8, 8), np.float32)), "is required with image_latents"),
     ("width", lambda d: dict(width=0), "width"),
     ("height", lambda d: dict(height=68), "multiple of 8"),
     ("guidance_scale", lambda d: dict(guidance_scale=float("nan")), "finite"),

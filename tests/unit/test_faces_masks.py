@@ -1,4 +1,4 @@
-"""Default face detection (Haar) on real photos, and the mask / crop / paste-back functions of stage 2."""
+"""OpenCV's Haar cascade (the baseline in docs/faces.md) on real photos, and the mask / crop / paste-back functions of stage 2."""
 
 import numpy as np
 import pytest
@@ -94,7 +94,7 @@ def test_insightface_path_decodes_the_seeded_buffalo_l_shaped_files(models_dir, 
 
     from insightface.model_zoo import SCRFD, Landmark, get_model
 
-    from portrait.models.faces import HaarFaceDetector, InsightFaceDetector, make_face_detector
+    from portrait.models.faces import InsightFaceDetector, MediaPipeFaceDetector, make_face_detector
 
     pack = models_dir / "insightface_tiny"
     assert isinstance(get_model(str(pack / "det_10g.onnx"), providers=["CPUExecutionProvider"]), SCRFD)
@@ -105,6 +105,6 @@ def test_insightface_path_decodes_the_seeded_buffalo_l_shaped_files(models_dir, 
     check_geometry(faces, image)
     assert faces.landmarks.shape == (len(faces.boxes), 106, 2) and np.isfinite(faces.landmarks).all()
     # the model picks InsightFace only when the pack sits at <models>/insightface/
-    assert isinstance(make_face_detector(tmp_path), HaarFaceDetector)
+    assert isinstance(make_face_detector(tmp_path), MediaPipeFaceDetector)
     shutil.copytree(pack, tmp_path / "insightface")
     assert isinstance(make_face_detector(tmp_path), InsightFaceDetector)

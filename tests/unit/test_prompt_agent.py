@@ -27,7 +27,8 @@ from prompt_agent import (
 from prompt_agent.compose import check_prompt
 from prompt_agent.graph import build_graph
 from prompt_agent.llm import make_chat_model
-from prompt_agent.safety import clean_idea, find_prompt_syntax
+from prompt_agent.nodes import choose_node
+from prompt_agent.safety import clean_idea, find_prompt_syntax, mentions
 from tests.unit.prompt_agent_fakes import GOOD_CHOICE, GOOD_CONCEPT, GOOD_KEYWORDS, ScriptedChatModel, good_script, tool_call
 
 IDEAS = ["corporate confidence", "ocean calm", "winter solitude", "cyberpunk rebel", "jazz nostalgia",
@@ -115,7 +116,8 @@ def test_missing_tool_call_counts_as_invalid(vocabulary):
     result = run_offline("ocean calm", llm=llm)
     assert result.sources == {"concept": "llm", "meta_keywords": "llm", "choose": "offline"}
     assert "no ChosenKeywords tool call" in result.notes[0]
-    assert len(result.chosen) == 15 and set(result.chosen) <= {w for ws in GOOD_KEYWORDS.values() for w in ws}
+    assert len(result.chosen) == 15
+    assert set(result.chosen) <= {w for ws in GOOD_KEYWORDS.values() for w in ws} | set(offline.load_craft())
 
 
 @pytest.mark.parametrize("bad_choice, reason", [
@@ -131,7 +133,7 @@ def test_invalid_choice_is_rejected(vocabulary, bad_choice, reason):
 
 
 def test_choice_from_too_few_categories_is_rejected(vocabulary):
-    keywords = {c: [f"{c} {i}" for i in ("one", "two", "three", "four", "five", "six")] for c in CATEGORIES}
+    keywords = offline.offline_keywords("ocean calm")  # six real, relevant keywords a category
     narrow = [w for c in ("themes", "colors", "styles") for w in keywords[c][:5]]
     llm = ScriptedChatModel(responses=[tool_call("PortraitConcept", concept=GOOD_CONCEPT),
                                        tool_call("PortraitKeywords", **keywords),
@@ -209,9 +211,10 @@ def test_offline_prompt_has_15_distinct_vocabulary_keywords(vocabulary, idea):
     result = run_offline(idea, class_word="woman", trigger="img")
     category_of = {w: c for c, ws in vocabulary.items() for w in ws}
     assert len(result.chosen) == 15 and len(set(result.chosen)) == 15
-    assert all(w in category_of for w in result.chosen)
-    assert len({category_of[w] for w in result.chosen}) >= 4
-    assert all(w in result.keywords_by_category[category_of[w]] for w in result.chosen)
+    fitting = [w for w in result.chosen if w not in offline.load_craft()]  # then neutral craft, if any
+    assert result.chosen[:len(fitting)] == fitting and all(w in category_of for w in fitting)
+    assert len({category_of[w] for w in fitting}) >= 4
+    assert all(w in result.keywords_by_category[category_of[w]] for w in fitting)
     assert list(result.keywords_by_category) == list(CATEGORIES)
     assert result.prompt == "portrait of a woman img, " + ", ".join(result.chosen)
     assert result.negative_prompt == NEGATIVE_PROMPT
@@ -226,7 +229,8 @@ def test_offline_path_is_deterministic(vocabulary):
 
 
 def _position(ranked: dict[str, list[str]], word: str) -> int:
-    return next(ws.index(word) for ws in ranked.values() if word in ws)
+    """Where word ranks in its category; past the end when the ranking refused it (it contradicts the idea)."""
+    return next((ws.index(word) for ws in ranked.values() if word in ws), 10_000)
 
 
 @pytest.mark.parametrize("near, far", [
@@ -250,6 +254,99 @@ def test_identity_words_stay_out_of_the_keywords(vocabulary):
     result = run_offline("medieval chivalry", class_word="knight", trigger="img")
     assert "knight" not in [w for ws in result.keywords_by_category.values() for w in ws]
     assert result.prompt.startswith("portrait of a knight img, ") and result.prompt.count("knight") == 1
+
+
+# --- the choice never contradicts the idea -----------------------------------------------------------
+
+# (idea, a keyword that contradicts it): each was chosen by the embedding ranking alone (the first three are
+# issue 24's; the others from docs/prompt_agent.md's before/after table)
+OPPOSITES = [
+    ("corporate confidence", "fearful"), ("fearless explorer", "fearful"), ("dark melancholy", "cheerful"),
+    ("anxious city", "calm"), ("quiet dawn", "dusk"), ("tragic hero", "triumphant"), ("serene garden", "furious"),
+    ("stormy sea", "calm sea"), ("victorian elegance", "cyberpunk"), ("lonely astronaut", "celebration"),
+]
+OFF_TOPIC = {"corporate confidence": {"greenhouse", "cyberpunk", "marketplace", "1990s", "cinestill film"},
+             "fearless explorer": {"rococo", "magazine cover", "calm sea", "minimalist"},
+             "gothic romance": {"coworking loft"}}
+
+
+def contradiction(keyword: str, idea: str) -> str | None:
+    from prompt_agent.polarity import contradiction  # imported here: the tests above need not import it
+
+    return contradiction(keyword, idea)
+
+
+@pytest.mark.parametrize("idea, opposite", OPPOSITES)
+def test_known_opposites_are_contradictions(idea, opposite):
+    assert contradiction(opposite, idea), (idea, opposite)
+
+
+@pytest.mark.parametrize("idea, keyword", [
+    ("corporate confidence", "confident"), ("corporate confidence", "poised"), ("fearless explorer", "brave"),
+    ("dark melancholy", "somber"), ("dark melancholy", "twilight"), ("ocean calm", "serene"), ("rainy noir", "dusk"),
+    ("joy and sorrow", "cheerful"), ("joy and sorrow", "sorrowful"),  # an idea holding both sides refuses neither
+    ("dark melancholy", "dark fantasy"),
+])
+def test_agreeing_keywords_are_not_contradictions(idea, keyword):
+    assert contradiction(keyword, idea) is None
+
+
+@pytest.mark.parametrize("idea, opposite", OPPOSITES)
+def test_offline_result_never_contradicts_the_idea(vocabulary, idea, opposite):
+    result = run_offline(idea)
+    offered = [w for ws in result.keywords_by_category.values() for w in ws]
+    assert opposite not in result.chosen and opposite not in offered
+    assert not mentions(result.concept, opposite)
+    assert [w for w in offered if contradiction(w, idea)] == []
+
+
+def test_off_topic_fillers_stop_when_relevant_keywords_run_out(vocabulary):
+    for idea, off_topic in OFF_TOPIC.items():
+        chosen = run_offline(idea).chosen
+        assert not set(chosen) & off_topic, (idea, chosen)
+    # an idea with few fitting keywords: the rest of the 15 are neutral craft, and the notes say so
+    result = run_offline("anxious city")
+    craft = [w for w in result.chosen if w in offline.load_craft()]
+    assert craft and len(result.chosen) == 15
+    assert any(n.startswith(f"choose: only {15 - len(craft)} keywords fit the idea") for n in result.notes)
+
+
+def test_llm_keywords_that_contradict_the_idea_are_refused_and_retried(vocabulary):
+    keywords = {**GOOD_KEYWORDS, "emotions": ["serene", "calm", "furious"]}
+    llm = ScriptedChatModel(responses=[tool_call("PortraitConcept", concept=GOOD_CONCEPT),
+                                       tool_call("PortraitKeywords", **keywords),
+                                       tool_call("PortraitKeywords", **GOOD_KEYWORDS),
+                                       tool_call("ChosenKeywords", chosen=GOOD_CHOICE)])
+    result = run_offline("ocean calm", llm=llm)
+    assert result.sources == {"concept": "llm", "meta_keywords": "llm", "choose": "llm"}
+    retry = llm.calls[2][-1].content
+    assert "contradict the idea 'ocean calm'" in retry and "'furious'" in retry
+    assert "furious" not in result.keywords_by_category["emotions"]
+
+
+def test_llm_keywords_that_contradict_twice_give_way_to_the_offline_ones(vocabulary):
+    keywords = {**GOOD_KEYWORDS, "emotions": ["confident", "poised", "fearful"]}
+    llm = ScriptedChatModel(responses=[tool_call("PortraitConcept", concept=GOOD_CONCEPT),
+                                       tool_call("PortraitKeywords", **keywords),  # refused: fearful
+                                       tool_call("PortraitKeywords", **keywords),  # refused again: offline keywords
+                                       tool_call("ChosenKeywords", chosen=GOOD_CHOICE)])  # not offered: offline
+    result = run_offline("corporate confidence", llm=llm)
+    assert result.sources == {"concept": "llm", "meta_keywords": "offline", "choose": "offline"}
+    assert "fearful" not in result.chosen and "fearful" not in result.keywords_by_category["emotions"]
+    assert result.notes[0].startswith("meta_keywords: invalid LLM answer twice (keywords contradict the idea "
+                                      "'corporate confidence': 'fearful' opposes 'confidence'")
+
+
+def test_choose_check_refuses_a_contradicting_choice_from_the_offered_list():
+    # meta_keywords accepted (no contradiction there), the choice adds one from an offered list that has it
+    state = {"idea": "dark melancholy", "concept": GOOD_CONCEPT, "sources": {"concept": "llm"},
+             "keywords": {**GOOD_KEYWORDS, "emotions": ["somber", "wistful", "cheerful", "pensive", "contemplative"]}}
+    bad = [w if w != "serene" else "pensive" for w in GOOD_CHOICE[:14]] + ["cheerful"]
+    llm = ScriptedChatModel(responses=[tool_call("ChosenKeywords", chosen=bad)] * 2)
+    update = choose_node(state, llm)
+    assert update["sources"] == {"choose": "offline"} and "cheerful" not in update["chosen"]
+    assert update["notes"][0].startswith("choose: invalid LLM answer twice (keywords contradict the idea "
+                                         "'dark melancholy': ") and "'cheerful' opposes" in update["notes"][0]
 
 
 # --- hostile ideas ---------------------------------------------------------------------------------
@@ -281,7 +378,7 @@ def test_ideas_are_cleaned_to_plain_words(idea, cleaned):
 ])
 def test_hostile_ideas_never_change_the_negative_prompt_or_structure(vocabulary, idea):
     result = run_offline(idea, class_word="woman", trigger="img")
-    vocab = {w for ws in vocabulary.values() for w in ws}
+    vocab = {w for ws in vocabulary.values() for w in ws} | set(offline.load_craft())
     assert result.negative_prompt == NEGATIVE_PROMPT
     assert set(result.chosen) <= vocab
     check_prompt(result.prompt, "woman", "img")

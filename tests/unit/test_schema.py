@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 REPOSITORIES = (ROOT / "model_repository", ROOT / "ensembles")  # served side by side (two --model-repository)
 CONFIG_TYPES = {"INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "FP32": "TYPE_FP32", "BYTES": "TYPE_STRING", "BOOL": "TYPE_BOOL"}
 # the inputs of each public model that are not request parameters, written out here as well as in params.MODELS
-EXTRA_INPUTS = {"stage1": set(), "face_detailer": {"image", "id_images"}, "portrait": {"detail", "id_images"}}
+EXTRA_INPUTS = {"stage1": set(), "face_detailer": {"image", "id_images", "id_groups", "face_prompts"},
+                "portrait": {"detail", "id_images", "id_groups", "face_prompts"}}
 
 
 def config_inputs(text: str) -> dict[str, tuple[str, list[int], bool]]:
@@ -182,13 +183,16 @@ def test_the_client_sends_every_config_input_with_its_type():
     detail = P.detail_params_for(base, work_size=64)
     client.stage1(base)
     assert_sends_config_inputs(client.sent["stage1"], "stage1", set())
-    client.detail(b"png", detail, [b"face"])
+    client.detail(b"png", detail, identities=[[b"face"], [b"face 2", b"face 3"]], face_prompts=["a man img", ""])
     assert_sends_config_inputs(client.sent["face_detailer"], "face_detailer", set())
-    client.portrait(base, detail, faces=[b"face"])
+    assert client.sent["face_detailer"]["id_groups"][1].tolist() == [0, 1, 1]
+    client.detail(b"png", detail, [b"face"])  # one identity: today's request, id_groups says so
+    assert_sends_config_inputs(client.sent["face_detailer"], "face_detailer", {"face_prompts"})
+    client.portrait(base, detail, identities=[[b"face"], [b"face 2"]], face_prompts=["a man img", "a woman img"])
     assert_sends_config_inputs(client.sent["portrait"], "portrait", set())
     client.portrait(base, None)
     assert_sends_config_inputs(client.sent["portrait"], "portrait", set(P.MODELS["portrait"].fields_of(P.DetailParams))
-                               - set(P.request_fields(P.SamplingParams)) | {"id_images"})
+                               - set(P.request_fields(P.SamplingParams)) | {"id_images", "id_groups", "face_prompts"})
 
 
 def test_http_twin_runs_the_portrait_models_stages():
@@ -213,7 +217,7 @@ def test_client_type_tables_are_the_schema():
 # the CLI's deliberate differences: None means "the checkpoint's native size" / "the agent's negative prompt"
 CLI_NOT_SCHEMA = {"generate": {"negative_prompt": None, "width": None, "height": None},
                   "detail": {"work_size": None, "negative_prompt": ""}}
-CLI_FIELDS = {"generate": (P.Stage1Params, ("strength", "max_faces", "margin", "style_strength")),
+CLI_FIELDS = {"generate": (P.Stage1Params, ("strength", "max_faces", "margin", "style_strength", "assign")),
               "detail": (P.DetailParams, ())}
 
 

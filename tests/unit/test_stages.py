@@ -11,8 +11,18 @@ import pytest
 from portrait.diffusion.diffdiff import start_step
 from portrait.diffusion.trigger import start_merge_step
 from portrait.errors import InvalidInput
-from portrait.params import MAX_ID_IMAGES, MAX_PROMPT_TOKENS, DetailParams, Stage1Params
-from portrait.stages import Identity, detail_faces, generate_base, prepare_identity
+from portrait.params import MAX_PROMPT_TOKENS, DetailParams, FaceIdentities, Stage1Params
+from portrait.stages import (
+    Identity,
+    assign_faces,
+    cosine_similarity,
+    detail_faces,
+    face_order,
+    generate_base,
+    prepare_identities,
+    prepare_identity,
+    unit,
+)
 from tests.helpers import png
 
 WIDTH, POOLED, LATENT = 8, 6, 4  # embedding width, pooled width, latent channels of the fake models
@@ -27,7 +37,7 @@ def text_value(prompt: str) -> float:
 def faces_at(*boxes) -> dict[str, np.ndarray]:
     """The face detector's answer for `boxes` (largest first); keypoints differ per face, no landmarks (Haar)."""
     boxes = np.array(boxes, np.float32).reshape(-1, 4)
-    keypoints = np.stack([np.tile(b[:2], (5, 1)) + np.arange(5, dtype=np.float32)[:, None] for b in boxes]) \
+    keypoints = np.stack([np.tile((b[:2] + b[2:]) / 2, (5, 1)) + np.arange(5, dtype=np.float32)[:, None] for b in boxes]) \
         if len(boxes) else np.zeros((0, 5, 2), np.float32)
     return {"boxes": boxes, "scores": np.linspace(0.9, 0.5, len(boxes)).astype(np.float32),
             "keypoints": keypoints, "landmarks": np.zeros((len(boxes), 0, 2), np.float32)}
@@ -73,13 +83,14 @@ class FakeBackend:
         return self.detections.pop(0) if len(self.detections) > 1 else self.detections[0]
 
     def embed_faces(self, image, keypoints):
+        """A face's embedding is a function of the pixel at its keypoints' centre: the same pixel, the same person."""
         self.calls.append(("embed_faces", {"image": image.copy(), "keypoints": keypoints.copy()}))
-        return np.full((len(keypoints), 512), float(image.mean()), np.float32)
+        return np.stack([person(pixel_at(image, k)) for k in keypoints])
 
     def fuse_identity(self, photos, id_embeds, prompt_embeds, class_tokens_mask):
         self.calls.append(("fuse_identity", {"photos": photos, "id_embeds": id_embeds, "prompt_embeds": prompt_embeds,
                                              "class_tokens_mask": class_tokens_mask}))
-        return prompt_embeds + 1000.0
+        return prompt_embeds + 1000.0 + id_embeds.sum()  # depends on the text and on the photos' embeddings
 
     def encode_image(self, images):
         self.calls.append(("encode_image", {"images": images.copy()}))
@@ -103,6 +114,16 @@ class FakeBackend:
         n, _, h, w = latents.shape
         values = (latents[:, 0, 0, 0].astype(np.int64) % 200 + 30).astype(np.uint8)
         return np.broadcast_to(values[:, None, None, None], (n, 8 * h, 8 * w, 3)).copy()
+
+
+def pixel_at(image: np.ndarray, keypoints: np.ndarray) -> int:
+    x, y = keypoints.mean(0).astype(int)
+    return int(image[y, x].astype(int).sum())
+
+
+def person(value: int) -> np.ndarray:
+    """The fake ArcFace embedding [512] of a face whose pixel sums to `value` (seeded: unrelated for two values)."""
+    return np.random.default_rng(value).standard_normal(512).astype(np.float32) * (1 + value % 7)
 
 
 def patch_value(seed: int) -> int:
@@ -294,42 +315,34 @@ def test_prepare_identity_embeds_the_largest_face_of_each_photo_then_fuses():
     fuse = backend.args("fuse_identity")[0]
     assert fuse["photos"] == photos
     assert fuse["id_embeds"].shape == (2, 512) and fuse["id_embeds"].dtype == np.float32
-    assert fuse["id_embeds"][:, 0].tolist() == [50.0, 90.0]  # photo order kept
+    assert np.array_equal(fuse["id_embeds"], np.stack([person(150), person(270)]))  # photo order kept, raw
     assert fuse["class_tokens_mask"].sum() == 4
     assert np.all(fuse["prompt_embeds"] == text_value(PROMPT + " (expanded)"))
-    assert np.array_equal(identity.prompt_embeds, fuse["prompt_embeds"] + 1000.0)  # the fused embeddings
+    assert np.array_equal(identity.prompt_embeds, backend.fuse_identity(photos, fuse["id_embeds"], fuse["prompt_embeds"],
+                                                                        fuse["class_tokens_mask"]))  # the fused ones
     assert np.all(identity.pooled_prompt_embeds == -text_value(PROMPT + " (expanded)"))  # the expanded prompt's
     assert identity.text_only_prompt == "portrait of a woman, oil painting" and identity.photos == 2
+    # the reference every face is compared with: the mean of the photos' unit embeddings, itself of unit length
+    mean = unit(person(150)) + unit(person(270))
+    np.testing.assert_allclose(identity.embedding, mean / np.linalg.norm(mean), rtol=1e-5)
 
 
-def test_a_photo_without_a_face_fails_naming_it_before_any_fusion():
-    backend = FakeBackend([faces_at((4, 4, 30, 30)), NO_FACE])
+def test_a_photo_without_a_face_fails_naming_it_and_its_identity():
+    backend = FakeBackend([faces_at((4, 4, 30, 30)), faces_at((4, 4, 30, 30)), NO_FACE])
+    people = FaceIdentities(((photo(50),), (photo(60), photo(90))))
     with pytest.raises(InvalidInput) as caught:
-        prepare_identity(backend, [photo(50), photo(90)], PROMPT)
-    assert caught.value.field == "id_images" and "no face found in photo 2 of 2" in str(caught.value)
-    assert backend.names() == ["detect", "embed_faces", "detect"]
+        prepare_identities(backend, people, PROMPT)
+    assert caught.value.field == "id_images" and "no face found in photo 2 of identity 2" in str(caught.value)
+    assert backend.names().count("fuse_identity") == 1 and backend.names()[-1] == "detect"  # identity 2 never fused
 
 
 def test_an_unreadable_photo_fails_naming_it():
     backend = FakeBackend([faces_at((4, 4, 30, 30))])
     with pytest.raises(InvalidInput) as caught:
-        prepare_identity(backend, [photo(50), b"not an image"], PROMPT)
-    assert caught.value.field == "id_images" and "photo 2 of 2" in str(caught.value)
+        prepare_identity(backend, [photo(50), b"not an image"], PROMPT, number=3)
+    assert caught.value.field == "id_images" and "photo 2 of identity 3" in str(caught.value)
     assert "not a readable image" in str(caught.value)
     assert "fuse_identity" not in backend.names()
-
-
-@pytest.mark.parametrize("photos,limit,message", [
-    ([], MAX_ID_IMAGES, "is empty"),
-    ([b"x"] * (MAX_ID_IMAGES + 1), MAX_ID_IMAGES, f"at most {MAX_ID_IMAGES} identity photos, got {MAX_ID_IMAGES + 1}"),
-    ([b"x"] * 3, 2, "at most 2 identity photos, got 3"),
-])
-def test_photo_count_is_checked_before_any_model_call(photos, limit, message):
-    backend = FakeBackend([faces_at((4, 4, 30, 30))])
-    with pytest.raises(InvalidInput) as caught:
-        prepare_identity(backend, photos, PROMPT, limit)
-    assert caught.value.field == "id_images" and message in str(caught.value)
-    assert backend.calls == []
 
 
 @pytest.mark.parametrize("prompt", ["portrait of a woman", "img of a woman", "a woman img and img"])
@@ -341,23 +354,27 @@ def test_a_prompt_without_one_proper_trigger_word_fails_before_any_model_call(pr
     assert backend.calls == []
 
 
-def identity(photos: int = 1) -> Identity:
-    return Identity(np.full((1, TOKENS, WIDTH), 7.0, np.float32), np.full((1, POOLED), 3.0, np.float32),
-                    "portrait of a woman, oil painting", photos)
+def identity(value: float = 7.0, text: str = "portrait of a woman, oil painting", who: int = 1) -> Identity:
+    return Identity(np.full((1, TOKENS, WIDTH), value, np.float32), np.full((1, POOLED), value / 2, np.float32),
+                    text, 1, unit(person(who)))
 
 
 @pytest.mark.parametrize("steps,strength,style,merge", [(10, 0.5, 40.0, 2), (20, 1.0, 20.0, 4), (150, 1.0, 100.0, 30),
                                                         (10, 0.5, 0.0, 0)])
-def test_identity_goes_to_every_face_after_start_merge_step(steps, strength, style, merge):
+def test_one_identity_goes_to_the_largest_face_after_start_merge_step(steps, strength, style, merge):
     backend = FakeBackend([faces_at(BIG, SMALL)])
     params = detail(prompt=PROMPT, steps=steps, strength=strength, style_strength=style)
-    detail_faces(backend, base_image(), params, True, identity=identity())
+    result = detail_faces(backend, base_image(), params, True, identities=[identity()])
     # the text-only prompt is what the faces are conditioned on up to start_merge_step
     assert [a["prompt"] for a in backend.args("encode_text")] == ["portrait of a woman, oil painting"]
     inputs = backend.args("denoise")[0]["inputs"]
     assert np.all(inputs["prompt_embeds"] == text_value("portrait of a woman, oil painting"))
-    assert inputs["id_prompt_embeds"].shape == (2, TOKENS, WIDTH) and np.all(inputs["id_prompt_embeds"] == 7.0)
-    assert inputs["id_pooled_prompt_embeds"].shape == (2, POOLED) and np.all(inputs["id_pooled_prompt_embeds"] == 3.0)
+    assert inputs["id_prompt_embeds"].shape == (2, TOKENS, WIDTH) and inputs["id_pooled_prompt_embeds"].shape == (2, POOLED)
+    # one face per identity: the largest gets it, the other keeps its text-only embeddings after the merge too
+    assert np.all(inputs["id_prompt_embeds"][0] == 7.0) and np.all(inputs["id_pooled_prompt_embeds"][0] == 3.5)
+    assert np.array_equal(inputs["id_prompt_embeds"][1], inputs["prompt_embeds"][1])
+    assert np.array_equal(inputs["id_pooled_prompt_embeds"][1], inputs["pooled_prompt_embeds"][1])
+    assert result.face_identity.tolist() == [0, -1] and result.similarity.shape == (2, 1)
     # PhotoMaker's rule over the steps the img2img loop runs (capped at 30)
     assert inputs["start_merge_step"].dtype == np.int32
     assert inputs["start_merge_step"].tolist() == [merge] == [start_merge_step(style, steps - start_step(steps, strength))]
@@ -365,18 +382,140 @@ def test_identity_goes_to_every_face_after_start_merge_step(steps, strength, sty
 
 def test_portrait_with_identity_calls_identity_then_stage1_then_stage2():
     """The order the portrait model runs them: identity first (a bad photo fails before diffusion), stage 1 on the
-    prompt without the trigger word, stage 2 with the identity."""
+    prompt without the trigger word, stage 2 with the identity, each face embedded before and after."""
     import dataclasses
 
     backend = FakeBackend([faces_at((4, 4, 30, 30)), faces_at((30, 20, 70, 60))])
     params = detail(prompt=PROMPT)
     ident = prepare_identity(backend, [photo(60)], params.prompt)
     base, _ = generate_base(backend, dataclasses.replace(stage1(width=128, height=96), prompt=ident.text_only_prompt), True)
-    result = detail_faces(backend, base[0], params, True, identity=ident)
+    result = detail_faces(backend, base[0], params, True, identities=[ident])
     assert backend.names() == ["detect", "embed_faces", "encode_text_with_trigger", "fuse_identity",
                                "encode_text", "denoise", "decode",
-                               "detect", "encode_text", "encode_image", "denoise", "decode"]
+                               "detect", "embed_faces", "encode_text", "encode_image", "denoise", "decode", "embed_faces"]
     first, second = backend.args("denoise")
     assert "id_prompt_embeds" not in first["inputs"]
     assert np.array_equal(second["inputs"]["id_prompt_embeds"], ident.prompt_embeds)
     assert len(result.boxes) == 1 and np.array_equal(result.image[result.mask == 0], base[0][result.mask == 0])
+
+
+# --- several identities ---------------------------------------------------------------------------------------------
+
+LEFT, RIGHT = (8, 20, 48, 60), (70, 24, 110, 64)  # two faces of the same size: order goes left to right
+
+
+def two_people(left: int = 40, right: int = 200) -> np.ndarray:
+    """A base image whose two faces are flat patches of `left` and `right` (so the fake embeds them as those)."""
+    image = np.full((96, 128, 3), 128, np.uint8)
+    for (x0, y0, x1, y1), value in ((LEFT, left), (RIGHT, right)):
+        image[y0:y1, x0:x1] = value
+    return image
+
+
+def two_identities(backend, faces=None, prompts=()) -> list[Identity]:
+    """Identity k from `faces[k]` (one photo each; default photo(40), photo(200)), prepared as the models do."""
+    faces = (photo(40), photo(200)) if faces is None else faces
+    backend.detections[:0] = [faces_at((4, 4, 30, 30))] * len(faces)
+    return prepare_identities(backend, FaceIdentities(tuple((f,) for f in faces), tuple(prompts)), PROMPT)
+
+
+def test_swapping_two_identities_swaps_the_faces_conditioning_rows():
+    rows = []
+    for faces in ((photo(40), photo(200)), (photo(200), photo(40))):
+        backend = FakeBackend([faces_at(RIGHT, LEFT)])  # the detector's order is not the assignment order
+        people = two_identities(backend, faces)
+        result = detail_faces(backend, two_people(), detail(prompt=PROMPT), True, identities=people)
+        assert result.face_identity.tolist() == [1, 0]  # by order: the left face (detected second) gets identity 0
+        rows.append(backend.args("denoise")[0]["inputs"])
+    assert not np.array_equal(rows[0]["id_prompt_embeds"][0], rows[0]["id_prompt_embeds"][1])  # two people
+    for name in ("id_prompt_embeds", "id_pooled_prompt_embeds"):
+        assert np.array_equal(rows[0][name][0], rows[1][name][1]) and np.array_equal(rows[0][name][1], rows[1][name][0])
+    assert np.array_equal(rows[0]["seeds"], rows[1]["seeds"])  # the faces keep their seeds: only identity moved
+
+
+def test_a_faces_fused_embedding_is_its_own_identitys_alone():
+    backend = FakeBackend([faces_at(LEFT, RIGHT)])
+    people = two_identities(backend, (photo(40), photo(200)), ("a man img, smiling", ""))
+    result = detail_faces(backend, two_people(), detail(prompt=PROMPT), True, identities=people)
+    rows = backend.args("denoise")[0]["inputs"]
+    for face, (photos, prompt) in enumerate((((photo(40),), "a man img, smiling"), ((photo(200),), PROMPT))):
+        alone = FakeBackend([faces_at((4, 4, 30, 30))])
+        own = prepare_identity(alone, photos, prompt)  # this identity, computed by itself
+        assert np.array_equal(rows["id_prompt_embeds"][face], own.prompt_embeds[0])
+        assert np.array_equal(rows["id_pooled_prompt_embeds"][face], own.pooled_prompt_embeds[0])
+        assert np.array_equal(rows["prompt_embeds"][face], alone.text(own.text_only_prompt)["prompt_embeds"][0])
+    # each face's text-only rows are its own prompt's: the face prompt for identity 1, the request's for identity 2
+    assert [a["prompt"] for a in backend.args("encode_text")] == ["a man, smiling", "portrait of a woman, oil painting"]
+    assert result.face_identity.tolist() == [0, 1]
+
+
+def test_match_gives_each_person_their_own_identity():
+    """The faces of the base image are the identity photos (the same pixels): match finds each its own, whatever the
+    order of the identities and of the detector's answer."""
+    for faces, detected, expected in (((photo(40), photo(200)), (LEFT, RIGHT), [0, 1]),
+                                      ((photo(200), photo(40)), (LEFT, RIGHT), [1, 0]),
+                                      ((photo(200), photo(40)), (RIGHT, LEFT), [0, 1])):
+        backend = FakeBackend([faces_at(*detected)])
+        people = two_identities(backend, faces)
+        result = detail_faces(backend, two_people(), detail(prompt=PROMPT, assign="match"), True, identities=people)
+        assert result.face_identity.tolist() == expected
+        # before detailing each face is its own identity (cosine 1) and unlike the other
+        assert np.allclose(result.similarity_before[np.arange(2), result.face_identity], 1, atol=1e-5)
+        assert np.abs(result.similarity_before[np.arange(2), 1 - result.face_identity]).max() < 0.2
+        rows = backend.args("denoise")[0]["inputs"]["id_prompt_embeds"]
+        for face, k in enumerate(expected):
+            assert np.array_equal(rows[face], people[k].prompt_embeds[0])
+
+
+def test_match_with_more_faces_than_identities_leaves_the_least_alike_face_text_only():
+    backend = FakeBackend([faces_at(LEFT, RIGHT, THIRD)])
+    people = two_identities(backend, (photo(200),))
+    result = detail_faces(backend, two_people(), detail(prompt=PROMPT, assign="match"), True, identities=people[:1])
+    assert result.face_identity.tolist() == [-1, 0, -1] and result.similarity.shape == (3, 1)
+    rows = backend.args("denoise")[0]["inputs"]
+    assert np.array_equal(rows["id_prompt_embeds"][0], rows["prompt_embeds"][0])  # unassigned: no identity
+    assert np.array_equal(rows["id_prompt_embeds"][1], people[0].prompt_embeds[0])
+
+
+def test_the_similarity_is_computed_from_the_detailed_pixels():
+    results = []
+    for shift in (0, 1):  # the same request; the decoder's pixels differ
+        backend = FakeBackend([faces_at(LEFT, RIGHT)])
+        people = two_identities(backend)
+        decode = backend.decode
+        backend.decode = lambda latents, d=decode, s=shift: d(latents) + np.uint8(s)
+        results.append(detail_faces(backend, two_people(), detail(prompt=PROMPT), True, identities=people))
+        after = backend.args("embed_faces")[-1]
+        assert np.array_equal(after["image"], results[-1].image)  # the output, pasted back, is what is embedded
+        expected = cosine_similarity(np.stack([person(pixel_at(results[-1].image, k)) for k in after["keypoints"]]),
+                                     np.stack([p.embedding for p in people]))
+        np.testing.assert_allclose(results[-1].similarity, expected, rtol=1e-6)
+    assert np.array_equal(results[0].similarity_before, results[1].similarity_before)
+    assert not np.allclose(results[0].similarity, results[1].similarity)
+    assert results[0].similarity.shape == (2, 2) and results[0].similarity.dtype == np.float32
+
+
+def test_face_prompts_without_identities_go_to_the_faces_in_order():
+    backend = FakeBackend([faces_at(RIGHT, LEFT, THIRD)])
+    result = detail_faces(backend, two_people(), detail(), True, face_prompts=["a smiling man", ""])
+    # sizes: LEFT = RIGHT > THIRD; left to right among equals: LEFT is slot 0, RIGHT slot 1 ("": the request's)
+    assert result.face_identity.tolist() == [1, 0, -1]
+    rows = backend.args("denoise")[0]["inputs"]["prompt_embeds"]
+    assert [float(r[0, 0]) for r in rows] == [text_value(detail().prompt), text_value("a smiling man"),
+                                              text_value(detail().prompt)]
+    assert "id_prompt_embeds" not in backend.args("denoise")[0]["inputs"]
+    assert result.similarity.shape == (3, 0) and "embed_faces" not in backend.names()
+
+
+@pytest.mark.parametrize("boxes,ranks", [
+    ([(0, 0, 10, 10), (0, 0, 20, 20)], [1, 0]),  # largest first
+    ([(50, 0, 60, 10), (0, 40, 10, 50), (0, 0, 10, 10)], [2, 1, 0]),  # equal: left to right, then top to bottom
+])
+def test_face_order(boxes, ranks):
+    assert face_order(np.array(boxes, np.float32)).tolist() == ranks
+
+
+def test_assign_faces_by_match_is_the_best_total_not_greedy():
+    similarity = np.array([[0.9, 0.8], [0.85, 0.1]], np.float32)  # greedy would give face 0 identity 0, face 1 only 0.1
+    assert assign_faces("match", np.zeros((2, 4), np.float32), 2, similarity).tolist() == [1, 0]
+    assert assign_faces("order", np.array([[0, 0, 5, 5], [0, 0, 9, 9]], np.float32), 1).tolist() == [-1, 0]

@@ -10,11 +10,11 @@ import numpy as np
 
 from portrait.errors import Cancelled, InvalidInput
 from portrait.models.checkpoint import read_sdxl_info
-from portrait.params import MODELS, Stage1Params, detail_params_for, stage1_params_for
+from portrait.params import IDENTITY_INPUT_NAMES, MODELS, FaceIdentities, Stage1Params, detail_params_for, stage1_params_for
 from portrait.serving import metrics, triton_io
 from portrait.serving.cancel import request_cancel
 from portrait.settings import get_settings
-from portrait.stages import detail_faces, generate_base, prepare_identity
+from portrait.stages import DetailResult, detail_faces, generate_base, prepare_identities
 
 pb = triton_io.pb_utils
 # the request schema (portrait/params.py): stage 1's fields, and stage 2's own (its sampling fields are stage 1's)
@@ -76,27 +76,32 @@ class TritonPythonModel:
             base_params = Stage1Params.from_mapping({k: values[k] for k in STAGE1}, {"width": size, "height": size})
             stage2 = {"work_size": size, **{k: values[k] for k in STAGE2 if values[k] is not None}}
             detail_params = detail_params_for(base_params, **stage2) if values["detail"] is not False else None
-            photos = triton_io.get_array(request, "id_images")
-            identity = None
-            if photos is not None:  # checked before any diffusion: a bad identity photo fails at once
-                if detail_params is None:
-                    raise InvalidInput("id_images", "need stage 2 (detail must be true): identity is injected there")
+            people = FaceIdentities.from_arrays(*(triton_io.get_array(request, n) for n in IDENTITY_INPUT_NAMES))
+            identities = []
+            if detail_params is None and (people.count or people.face_prompts):
+                raise InvalidInput("id_images" if people.count else "face_prompts",
+                                   "need stage 2 (detail must be true): identity is injected there")
+            if detail_params is not None:  # checked before any diffusion: a bad identity photo fails at once
+                people.check_with(detail_params.max_faces, detail_params.assign, detail_params.prompt)
+            if people.count:
                 metrics.identity_request(triton_io.model_name())
-                identity = prepare_identity(backend, [bytes(p) for p in photos.reshape(-1)], detail_params.prompt)
+                identities = prepare_identities(backend, people, detail_params.prompt)
                 base_params = stage1_params_for(base_params, with_identity=True)  # stage 1: no trigger word
             images, truncated = generate_base(backend, base_params, self.info.force_zeros_for_empty_prompt, reporter("base"))
             base = images[0]
             if detail_params is not None:
                 result = detail_faces(backend, base, detail_params, self.info.force_zeros_for_empty_prompt, reporter("detail"),
-                                      identity)
-                final, mask, boxes = result.image, result.mask, result.boxes
-                metrics.faces_detailed(triton_io.model_name(), len(boxes))
+                                      identities, people.face_prompts)
+                metrics.faces_detailed(triton_io.model_name(), len(result.boxes))
+                metrics.identity_similarity(triton_io.model_name(), result.assigned_similarity())
             else:
-                final, mask, boxes = base, np.zeros(base.shape[:2], np.uint8), np.zeros((0, 4), np.float32)
+                result = DetailResult(base, np.zeros(base.shape[:2], np.uint8), np.zeros((0, 4), np.float32))
             sender.send(pb.InferenceResponse([
-                triton_io.tensor("base_image", base), triton_io.tensor("mask", mask), triton_io.tensor("image", final),
-                triton_io.tensor("boxes", boxes), triton_io.tensor("seed", np.array([base_params.seed], np.int64)),
-                triton_io.tensor("truncated_tokens", np.array([truncated], np.int32))]),
+                triton_io.tensor("base_image", base), triton_io.tensor("mask", result.mask),
+                triton_io.tensor("image", result.image), triton_io.tensor("boxes", result.boxes),
+                triton_io.tensor("seed", np.array([base_params.seed], np.int64)),
+                triton_io.tensor("truncated_tokens", np.array([truncated], np.int32)),
+                *(triton_io.tensor(k, v) for k, v in result.identity_outputs().items())]),
                 flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             tracked.succeeded()
         except Exception as error:

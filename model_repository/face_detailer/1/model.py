@@ -8,10 +8,10 @@ import numpy as np
 from portrait.errors import InvalidInput
 from portrait.images import decode_image
 from portrait.models.checkpoint import read_sdxl_info
-from portrait.params import DetailParams, model_fields
+from portrait.params import IDENTITY_INPUT_NAMES, DetailParams, FaceIdentities, model_fields
 from portrait.serving import metrics, triton_io
 from portrait.settings import get_settings
-from portrait.stages import detail_faces, prepare_identity
+from portrait.stages import detail_faces, prepare_identities
 
 FIELDS = model_fields("face_detailer")  # the request schema: portrait/params.py
 
@@ -36,13 +36,17 @@ class TritonPythonModel:
         if values["seed"] is None:
             values["seed"] = secrets.randbelow(2**31)
         params = DetailParams.from_mapping(values, {"work_size": self.info.default_size})
-        photos = triton_io.get_array(request, "id_images")
-        if photos is not None:
+        people = FaceIdentities.from_arrays(*(triton_io.get_array(request, n) for n in IDENTITY_INPUT_NAMES))
+        people.check_with(params.max_faces, params.assign, params.prompt)
+        if people.count:
             metrics.identity_request(triton_io.model_name())
         backend = self.backend.traced(request.trace())
-        identity = None if photos is None else prepare_identity(backend, [bytes(p) for p in photos.reshape(-1)], params.prompt)
-        result = detail_faces(backend, image, params, self.info.force_zeros_for_empty_prompt, identity=identity)
+        identities = prepare_identities(backend, people, params.prompt)
+        result = detail_faces(backend, image, params, self.info.force_zeros_for_empty_prompt, identities=identities,
+                              face_prompts=people.face_prompts)
         metrics.faces_detailed(triton_io.model_name(), len(result.boxes))
+        metrics.identity_similarity(triton_io.model_name(), result.assigned_similarity())
         return triton_io.pb_utils.InferenceResponse([
             triton_io.tensor("image", result.image), triton_io.tensor("mask", result.mask), triton_io.tensor("boxes", result.boxes),
-            triton_io.tensor("faces_found", np.array([len(result.boxes)], np.int32))])
+            triton_io.tensor("faces_found", np.array([len(result.boxes)], np.int32)),
+            *(triton_io.tensor(k, v) for k, v in result.identity_outputs().items())])
