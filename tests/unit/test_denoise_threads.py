@@ -17,7 +17,6 @@ import types
 
 import numpy as np
 import pytest
-import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from portrait.settings import PROJECT_ROOT
