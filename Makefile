@@ -75,6 +75,14 @@ ui: $(STAMP) $(WEIGHTS)
 benchmark: $(STAMP) $(WEIGHTS)
 	$(PY) scripts/benchmark
 
+# issue 21: open-loop Poisson load at 20-120 % of the sequential capacity against portrait serve with each admission
+# policy (PORTRAIT_ADMISSION) in turn; ~25 min on an idle 2-core machine (BENCHMARK_LOAD_ARGS=--quick: ~4 min smoke);
+# writes docs/benchmark_load.png and its section of docs/benchmarks.md
+BENCHMARK_LOAD_ARGS ?=
+.PHONY: benchmark-load
+benchmark-load: $(STAMP) $(WEIGHTS)
+	$(PY) scripts/benchmark_load $(BENCHMARK_LOAD_ARGS)
+
 # real dimensions on CPU: builds weights/full (SDXL base 1.0 + PhotoMaker V2 shapes, random, ~8 GB) if missing,
 # serves it, runs one portrait request and compares stage 1 with diffusers; fp32 needs a 32 GB host;
 # on 24 GB: PORTRAIT_UNET_STORAGE=float16 make full-size-check (about 16 GiB resident; docs/memory.md)
