@@ -43,6 +43,7 @@ class Settings:
     max_rows: int = 16  # PORTRAIT_MAX_ROWS: UNet rows per forward (CFG doubles a request's rows)
     max_active: int = 32  # PORTRAIT_MAX_ACTIVE: requests denoising at once; later ones wait (the backlog)
     admission: str = "continuous"  # PORTRAIT_ADMISSION: continuous | batch | sequential (docs/benchmarks.md)
+    face_detector: str = "auto"  # PORTRAIT_FACE_DETECTOR: auto (InsightFace if present, else MediaPipe) | insightface | mediapipe | haar
     unet_backend: str = "torch"  # PORTRAIT_UNET_BACKEND: torch | tensorrt (an engine run in-process, GPU only)
     unet_engine: Path | None = None  # PORTRAIT_UNET_ENGINE: the TensorRT engine file (scripts/export_unet_onnx.py --engine)
     serve_unet: bool = False  # PORTRAIT_SERVE_UNET=1: also serve the separate `unet` model (a second copy of the weights)
@@ -96,6 +97,7 @@ def get_settings() -> Settings:
         max_rows=int(env.get("PORTRAIT_MAX_ROWS", "16")),
         max_active=int(env.get("PORTRAIT_MAX_ACTIVE", "32")),
         admission=env.get("PORTRAIT_ADMISSION", "continuous"),
+        face_detector=env.get("PORTRAIT_FACE_DETECTOR", "auto"),
         unet_backend=env.get("PORTRAIT_UNET_BACKEND", "torch"),
         unet_engine=Path(env["PORTRAIT_UNET_ENGINE"]).expanduser().resolve() if env.get("PORTRAIT_UNET_ENGINE") else None,
         serve_unet=env.get("PORTRAIT_SERVE_UNET", "0").lower() in ("1", "true", "yes", "on"),

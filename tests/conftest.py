@@ -53,6 +53,19 @@ def server(models_dir):
 
 
 @pytest.fixture(scope="session")
+def haar_server(models_dir):
+    """A second server whose face_detector is OpenCV's Haar cascade (PORTRAIT_FACE_DETECTOR=haar): the tiny set's random
+    UNet paints noise in which no trained detector sees a face, Haar sees one in some seeds' bases, so stage 2 runs
+    on a generated base (tests/integration/test_portrait_stream.py)."""
+    import dataclasses
+
+    from portrait.serving.server import TritonServer
+
+    with TritonServer.create(dataclasses.replace(get_settings(), face_detector="haar"), free_ports=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
 def grpc_client(server):
     from clients import connect
 

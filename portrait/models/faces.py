@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from portrait.errors import ModelSetError
 from portrait.models.masks import estimate_keypoints
 
 
@@ -193,10 +194,19 @@ class MediaPipeFaceDetector:
                      np.ascontiguousarray(landmarks[:, MESH_KEYPOINTS]), landmarks)
 
 
-def make_face_detector(models_dir) -> MediaPipeFaceDetector | InsightFaceDetector:
-    """InsightFace (SCRFD + 2d106) when the buffalo_l files are under <models>/insightface/, else MediaPipe."""
+FACE_DETECTORS = ("auto", "insightface", "mediapipe", "haar")
+
+
+def make_face_detector(models_dir, choice: str = "auto") -> MediaPipeFaceDetector | InsightFaceDetector | HaarFaceDetector:
+    """`auto` (PORTRAIT_FACE_DETECTOR's default): InsightFace (SCRFD + 2d106) when the buffalo_l files are under
+    <models>/insightface/, else MediaPipe. `haar` (OpenCV's cascade, the old default) sees faces in the tiny set's
+    noise where a trained detector sees none: the tests that need stage 2 to run on a generated base use it."""
     pack = Path(models_dir) / "insightface"
-    return InsightFaceDetector(pack) if (pack / "det_10g.onnx").exists() else MediaPipeFaceDetector()
+    if choice not in FACE_DETECTORS:
+        raise ModelSetError(f"PORTRAIT_FACE_DETECTOR must be one of {', '.join(FACE_DETECTORS)}, got {choice!r}")
+    if choice == "insightface" or (choice == "auto" and (pack / "det_10g.onnx").exists()):
+        return InsightFaceDetector(pack)
+    return HaarFaceDetector() if choice == "haar" else MediaPipeFaceDetector()
 
 
 ARCFACE_FILE = "w600k_r50.onnx"

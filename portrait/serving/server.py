@@ -83,6 +83,9 @@ def server_environment(settings: Settings, drain_file: Path | None = None, inter
     temporary directory under PORTRAIT_CACHE_DIR (read-only root)."""
     env = dict(os.environ)
     env["PORTRAIT_INTERNAL_SECRET"] = internal_secret
+    # the settings a caller may override in code (Settings is read once per process): passed on to the models
+    env["PORTRAIT_FACE_DETECTOR"] = settings.face_detector
+    env["PORTRAIT_ADMISSION"] = settings.admission
     if metrics_dir is not None:
         env[metrics.MULTIPROC_ENV] = str(metrics_dir)
     tmp = settings.cache_dir / "tmp"

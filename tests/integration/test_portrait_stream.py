@@ -12,9 +12,10 @@ from tests.helpers import TOLERANCE, max_diff, png, scheduler_counts, wait_sched
 
 BASE = Stage1Params(prompt="portrait of a woman, studio light", width=128, height=128, steps=6, seed=11)
 DETAIL = DetailParams(prompt=BASE.prompt, steps=6, seed=11, work_size=128)
-# The tiny set's random UNet paints noise; OpenCV's Haar cascade (the tiny set's face detector) sees one face in
-# the base of seed 721 (box ~[9, 19, 62, 72], found in 40 of 40 tries with +-2 levels of noise added) and none
-# in that of seed 11, so each test below knows which path stage 2 takes.
+# The tiny set's random UNet paints noise: the default detector (MediaPipe) sees no face in it. OpenCV's Haar cascade,
+# served by the `haar_server` fixture (PORTRAIT_FACE_DETECTOR=haar), sees one face in the base of seed 721 (box ~[9,
+# 19, 62, 72], found in 40 of 40 tries with +-2 levels of noise added) and none in that of seed 11, so the test of
+# stage 2's path through `portrait` knows it runs.
 FACE_SEED = 721
 FACE_BASE = dataclasses.replace(BASE, seed=FACE_SEED)
 FACE_DETAIL = dataclasses.replace(DETAIL, seed=FACE_SEED)
@@ -38,8 +39,17 @@ def check_stage_one(grpc_client, out, events, base):
     return [e for e in events if e[0] == "detail"]
 
 
-def test_streams_ordered_progress_then_the_three_images(grpc_client):
+@pytest.fixture(scope="module")
+def haar_client(haar_server):
+    from clients import connect
+
+    with connect(haar_server.grpc_url, "grpc") as client:
+        yield client
+
+
+def test_streams_ordered_progress_then_the_three_images(haar_client):
     """A base with a face: stage 2 runs, reports its steps after stage 1's, and details that face."""
+    grpc_client = haar_client
     out, events = portrait_events(grpc_client, FACE_BASE, FACE_DETAIL)
     detail_events = check_stage_one(grpc_client, out, events, FACE_BASE)
     assert out.boxes.shape == (1, 4), f"the base of seed {FACE_SEED} no longer shows the detector a face: {out.boxes}"

@@ -108,3 +108,13 @@ def test_insightface_path_decodes_the_seeded_buffalo_l_shaped_files(models_dir, 
     assert isinstance(make_face_detector(tmp_path), MediaPipeFaceDetector)
     shutil.copytree(pack, tmp_path / "insightface")
     assert isinstance(make_face_detector(tmp_path), InsightFaceDetector)
+
+
+def test_the_face_detector_setting_chooses_or_names_the_choices(tmp_path):
+    from portrait.errors import ModelSetError
+    from portrait.models.faces import HaarFaceDetector, MediaPipeFaceDetector, make_face_detector
+
+    assert isinstance(make_face_detector(tmp_path, "haar"), HaarFaceDetector)
+    assert isinstance(make_face_detector(tmp_path, "mediapipe"), MediaPipeFaceDetector)
+    with pytest.raises(ModelSetError, match="PORTRAIT_FACE_DETECTOR must be one of auto, insightface, mediapipe, haar"):
+        make_face_detector(tmp_path, "dlib")

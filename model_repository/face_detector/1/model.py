@@ -12,7 +12,7 @@ from portrait.settings import get_settings
 class TritonPythonModel:
     def initialize(self, args):
         triton_io.setup(args)
-        self.detector = make_face_detector(get_settings().models_dir)
+        self.detector = make_face_detector(get_settings().models_dir, get_settings().face_detector)
 
     def execute(self, requests):
         return triton_io.respond_each(requests, self.detect)
