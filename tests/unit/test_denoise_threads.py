@@ -142,3 +142,26 @@ def test_the_stub_thread_runs_no_torch_op(denoise_model, sdxl_dir):
     predict = load_predictor(get_settings())
     expected = run_denoise(denoise_loop(inputs, scalars, read_sdxl_info(sdxl_dir), dims), predict)
     np.testing.assert_allclose(final.outputs["latents"], expected.numpy(), rtol=0, atol=1e-5)
+
+
+def load_model(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_model", PROJECT_ROOT / f"model_repository/{name}/1/model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("name", "inputs"), [
+    ("vae_decoder", {"latents": np.zeros((1, 4, 8, 8), np.float32)}),
+    ("vae_encoder", {"image": np.zeros((1, 64, 64, 3), np.uint8)}),
+])
+def test_light_torch_models_compute_on_the_stub_thread_and_start_no_thread(denoise_model, name, inputs):
+    """The models that compute in `execute` keep all their torch work on the stub's thread: one OpenMP team."""
+    model = load_model(name).TritonPythonModel()
+    before = set(threading.enumerate())
+    with RecordOps() as recorded:
+        model.initialize({"model_name": name, "model_config": json.dumps({"parameters": {}})})
+        [response] = model.execute([Request(inputs)])
+    assert response.error_value is None, response.error_value
+    assert recorded.ops, "the mode saw no op: it would miss work on this thread too"
+    assert set(threading.enumerate()) - before == set()
