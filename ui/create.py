@@ -190,6 +190,7 @@ if st.button("Generate", type="primary"):
                 stage_bar.progress(0.5, text="detail: detailing the faces ...")
                 production, _ = detail_photo(get_client(), get_store(), st.session_state.photo.getvalue(),
                                              dataclasses.replace(detail, seed=base.seed + i), **who)
+                stage_bar.progress(1.0, text="detail: done")
             produced.append(production.id)
             if not production.meta.get("faces_detailed"):  # the bar's last words were "base: step n of n"
                 stage_bar.progress(1.0, text=NO_FACE)
