@@ -284,7 +284,8 @@ def stop_container(process: subprocess.Popen, grace: int, log: Path) -> None:
     assert code == 0, f"exit code {code} after SIGTERM:\n{text[-3000:]}"
     assert "draining" in text and "shared-memory regions removed" in text, text[-3000:]
     say("exited 0 after draining; shared-memory regions removed")
-    check_alert_rules(firing_allowed=set(), expect_active="PortraitTargetDown")
+    # the only target is down: absent(up == 1) holds too
+    check_alert_rules(firing_allowed={"PortraitTargetsAbsent"}, expect_active="PortraitTargetDown")
 
 
 def main() -> int:

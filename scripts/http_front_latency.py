@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     from portrait.serving.server import TritonServer
 
-    with TritonServer.create(free_ports=True) as server:
+    with TritonServer.create(free_ports=True).start(timeout=1200) as server:  # a loaded machine starts slowly
         ports = {"triton": server.triton_http_port, "front": server.http_port}
         connections = {k: http.client.HTTPConnection("127.0.0.1", p, timeout=60) for k, p in ports.items()}
         print(f"{'request':<22} {'Triton ms (p50 / p90)':>22} {'front ms (p50 / p90)':>22} {'added ms (p50)':>15}")

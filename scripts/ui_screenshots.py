@@ -15,6 +15,7 @@ from playwright.sync_api import sync_playwright
 
 url = sys.argv[1] if len(sys.argv) > 1 else "http://localhost:8501"
 out = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/screenshots")
+only = sys.argv[3] if len(sys.argv) > 3 else None  # "create": the identities shot alone
 out.mkdir(parents=True, exist_ok=True)
 failed: list[str] = []
 
@@ -37,32 +38,33 @@ with sync_playwright() as p:
     page.get_by_role("button", name="Generate").wait_for(timeout=60_000)
     import skimage
 
-    page.locator("input[type=file]").set_input_files(str(Path(skimage.__file__).parent / "data" / "astronaut.png"))
-    page.get_by_text("identity 1").wait_for(timeout=30_000)
-    page.get_by_role("combobox").nth(1).click()
-    page.get_by_role("option", name="woman").click()
-    page.get_by_label("Idea (two words are enough)").fill("corporate confidence")
-    page.get_by_label("Idea (two words are enough)").press("Enter")
-    page.get_by_role("button", name="Write prompt").click()
-    page.wait_for_function("() => document.querySelector('textarea').value.includes(' img')", timeout=300_000)
-    page.get_by_role("button", name="Generate").click()
-    page.get_by_role("button", name="Save to gallery").wait_for(timeout=300_000)
-    page.wait_for_timeout(1500)
-    shoot(page, "create_prompt", 4)  # the identity thumbnail, base, mask, final
-    page.get_by_role("button", name="Save to gallery").first.click()
-    page.get_by_text("Saved to the gallery.").wait_for(timeout=30_000)
-    page.get_by_role("link", name="Gallery").click()
-    page.get_by_text("page 1 of").wait_for(timeout=30_000)
-    page.wait_for_timeout(1500)
-    shoot(page, "gallery", 1)
-    page.get_by_role("link", name="Sweep").click()
-    page.get_by_role("button", name="Validate").wait_for(timeout=30_000)
-    page.get_by_role("button", name="Validate").click()
-    page.get_by_text("portraits:").wait_for(timeout=30_000)
-    page.get_by_role("button", name="Run sweep").click()
-    page.get_by_text("contact sheet at").wait_for(timeout=600_000)
-    page.wait_for_timeout(1500)
-    shoot(page, "sweep", 1)  # the contact sheet
+    if only != "create":  # the prompt path, the gallery, the sweep
+        page.locator("input[type=file]").set_input_files(str(Path(skimage.__file__).parent / "data" / "astronaut.png"))
+        page.get_by_text("person 1, photo 1").wait_for(timeout=30_000)
+        page.get_by_role("combobox").nth(1).click()
+        page.get_by_role("option", name="woman").click()
+        page.get_by_label("Idea (two words are enough)").fill("corporate confidence")
+        page.get_by_label("Idea (two words are enough)").press("Enter")
+        page.get_by_role("button", name="Write prompt").click()
+        page.wait_for_function("() => document.querySelector('textarea').value.includes(' img')", timeout=300_000)
+        page.get_by_role("button", name="Generate").click()
+        page.get_by_role("button", name="Save to gallery").wait_for(timeout=300_000)
+        page.wait_for_timeout(1500)
+        shoot(page, "create_prompt", 4)  # the identity thumbnail, base, mask, final
+        page.get_by_role("button", name="Save to gallery").first.click()
+        page.get_by_text("Saved to the gallery.").wait_for(timeout=30_000)
+        page.get_by_role("link", name="Gallery").click()
+        page.get_by_text("page 1 of").wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)
+        shoot(page, "gallery", 1)
+        page.get_by_role("link", name="Sweep").click()
+        page.get_by_role("button", name="Validate").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Validate").click()
+        page.get_by_text("portraits:").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Run sweep").click()
+        page.get_by_text("contact sheet at").wait_for(timeout=600_000)
+        page.wait_for_timeout(1500)
+        shoot(page, "sweep", 1)  # the contact sheet
 
     photos = Path(tempfile.mkdtemp())
     subprocess.run([sys.executable, str(Path(__file__).parent / "demo_photos.py"), str(photos)], check=True)
@@ -87,6 +89,8 @@ with sync_playwright() as p:
     page.wait_for_timeout(1000)
     page.get_by_role("button", name="Generate").click()
     page.get_by_text("Who got whom").first.wait_for(timeout=600_000)
+    page.wait_for_timeout(1500)
+    page.set_viewport_size({"width": 1400, "height": 3000})  # down to the labelled faces under the three panels
     page.wait_for_timeout(1500)
     shoot(page, "create", 6)  # two people's photos, base (the photo), mask, final, the faces labelled
     browser.close()

@@ -8,6 +8,8 @@ import streamlit as st
 
 from portrait.errors import PortraitError
 
+WALL_PAGE = 24  # Gallery: tiles a page, what loads when the end of the wall comes into view
+
 
 @st.cache_resource
 def get_client():

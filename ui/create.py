@@ -18,8 +18,13 @@ from ui.common import get_client, get_store, native_size, sample_faces, show_err
 BASE, DETAIL = P.field_defaults(P.Stage1Params), P.field_defaults(P.DetailParams)
 SEED_UI_MAX = min(P.field_limits(P.Stage1Params, "seed")[1], 2**53 - 1)  # a browser number holds 53 bits exactly
 STRENGTH_UI_MIN = 0.05  # not the schema's 0: a strength that runs no step is refused (steps x strength >= 1)
+NO_FACE = "Stage 2 found no face in the base image, so nothing was detailed: the final image is the base image."
 
 st.title("Create a portrait")
+
+if reused := st.session_state.pop("reuse_settings", None):  # "Use these settings" on an opened production: set
+    st.session_state.update(reused["values"])  # before the widgets are made (widget state does not cross pages)
+    st.info(f"The prompt and parameters of production {reused['id']} are filled in below.")
 
 if st.session_state.get("running"):  # the last run did not finish: Cancel (or a page change) interrupted it
     st.session_state.running = False
@@ -185,7 +190,10 @@ if st.button("Generate", type="primary"):
                 stage_bar.progress(0.5, text="detail: detailing the faces ...")
                 production, _ = detail_photo(get_client(), get_store(), st.session_state.photo.getvalue(),
                                              dataclasses.replace(detail, seed=base.seed + i), **who)
+                stage_bar.progress(1.0, text="detail: done")
             produced.append(production.id)
+            if not production.meta.get("faces_detailed"):  # the bar's last words were "base: step n of n"
+                stage_bar.progress(1.0, text=NO_FACE)
         overall.progress(1.0, text=f"{count} image(s) done")
         st.session_state.results = produced
     except Cancelled:
@@ -205,6 +213,8 @@ for pid in st.session_state.get("results", []):
         show_error(error)
         continue
     st.subheader(f"seed {production.meta.get('seed')}  ·  {production.meta.get('timings', {}).get('total_s', '?')} s")
+    if not production.meta.get("faces_detailed"):
+        st.warning(NO_FACE, icon=":material/face_retouching_off:")
     columns = st.columns(3)
     for column, (name, title) in zip(columns, (("base", "Base (stage 1)"), ("mask", "Mask"), ("image", "Final"))):
         data = store.image(pid, name)
@@ -227,6 +237,5 @@ for pid in st.session_state.get("results", []):
     if st.button("Save to gallery", key=f"save-{pid}"):
         store.promote(pid)
         st.success("Saved to the gallery.")
-    faces_detailed = production.meta.get("faces_detailed", 0)
-    st.caption(f"{faces_detailed} face(s) detailed" if faces_detailed else "no face found in the base image: "
-               "the final image is the base image")
+    if faces_detailed := production.meta.get("faces_detailed", 0):
+        st.caption(f"{faces_detailed} face(s) detailed")

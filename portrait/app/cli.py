@@ -293,8 +293,16 @@ def stop_on_signals() -> list:
     return received
 
 
+UI_GRACE_PERIOD = 10.0  # seconds from SIGTERM / Ctrl-C to the exit of `portrait ui` (docs/ui.md)
+# An embedded Triton gets this long after its SIGTERM, then SIGKILL: its own shutdown waits up to 30 s for the models
+# to unload (measured here: still running 30 s after SIGTERM), which a UI's server has no use for; the kill and the
+# shared-memory clean-up after it take about 3 s on 2 cores.
+UI_TRITON_GRACE = 5.0
+
+
 def cmd_ui(args) -> int:
-    """Streamlit on `args.port`; an embedded Triton server too when none answers at PORTRAIT_URL."""
+    """Streamlit on `args.port`; an embedded Triton server too when none answers at PORTRAIT_URL. SIGTERM or Ctrl-C
+    stops both at once and exits within UI_GRACE_PERIOD (Triton killed after UI_TRITON_GRACE, Streamlit at the end)."""
     import os
     import subprocess
 
@@ -304,30 +312,35 @@ def cmd_ui(args) -> int:
 
     settings = get_settings()
     url = args.url or settings.url
-    server = None
+    server = app = None
     with connect(url) as probe:
         ready = probe.is_ready()
     if not ready:
         print(f"no server answers at {url}; starting an embedded one ...", file=sys.stderr)
         server = TritonServer.create(settings, free_ports=True).start()
         url = server.grpc_url
-    command = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "ui" / "app.py"),
-               "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    print(f"portrait UI on http://localhost:{args.port}  (Triton at {url}; Ctrl-C stops)", flush=True)
-    app = subprocess.Popen(command, env={**os.environ, "PORTRAIT_URL": url})
     stop = stop_on_signals()
     try:
+        if not stop:
+            command = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "ui" / "app.py"), "--server.port",
+                       str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+            print(f"portrait UI on http://localhost:{args.port}  (Triton at {url}; Ctrl-C stops)", flush=True)
+            app = subprocess.Popen(command, env={**os.environ, "PORTRAIT_URL": url})
         while not stop and app.poll() is None:
-            time.sleep(0.5)
+            time.sleep(0.2)
     finally:
-        if app.poll() is None:
+        # Streamlit and Triton stop side by side, not one after the other
+        deadline = time.monotonic() + UI_GRACE_PERIOD - 1  # 1 s for a kill of Streamlit after it
+        if app is not None and app.poll() is None:
             app.terminate()
+        if server is not None:
+            server.stop(timeout=UI_TRITON_GRACE)
+        if app is not None:
             try:
-                app.wait(10)
+                app.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 app.kill()
-        if server is not None:
-            server.stop()
+                app.wait()
     return 0 if stop else (app.returncode or 0)
 
 

@@ -3,6 +3,7 @@ the face-mask and start_merge_step guarantees, and each bad identity input with 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,7 @@ def test_bad_identity_input(grpc_client, http_client, photos, case, field, messa
              "not an image": [b"not an image"]}.get(case, [photos["astronaut"]])
     prompt = {"no trigger": "photo of a person", "two triggers": "a man img and a woman img"}.get(case, PROMPT)
     for client in (grpc_client, http_client):
-        with pytest.raises(InvalidInput, match=message) as error:
+        with pytest.raises(InvalidInput, match=re.escape(message)) as error:
             raw_detail(client, photos["target"], faces, prompt=prompt)
         assert error.value.field == field
     # the server keeps serving

@@ -24,11 +24,18 @@ UI = PROJECT_ROOT / "ui"
 
 
 @pytest.fixture
-def ui_env(server, tmp_path, monkeypatch):
-    """The pages see the test server and a fresh store (settings and Streamlit's caches are reset around it)."""
+def ui_env(server, store_env, monkeypatch):
+    """The pages see the test server and a fresh store."""
+    monkeypatch.setenv("PORTRAIT_URL", server.grpc_url)
+    get_settings.cache_clear()
+    return store_env
+
+
+@pytest.fixture
+def store_env(tmp_path, monkeypatch):
+    """The pages see a fresh store and no server (settings and Streamlit's caches are reset around it)."""
     import streamlit as st
 
-    monkeypatch.setenv("PORTRAIT_URL", server.grpc_url)
     monkeypatch.setenv("PORTRAIT_STORE", str(tmp_path / "store"))
     get_settings.cache_clear()
     st.cache_resource.clear()
@@ -89,6 +96,10 @@ def test_create_page_generates_three_panels(ui_env):
     assert len(panels) == 3
     [production] = ui_env.productions()
     assert production.meta["prompt"] == prompt and production.meta["seed"] == 5
+    # the tiny set's random weights draw no face: the page says so in plain words, next to the result
+    assert production.meta["faces_detailed"] == 0
+    assert [w.value for w in at.warning] == ["Stage 2 found no face in the base image, so nothing was detailed: the "
+                                             "final image is the base image."]
     assert production.meta["keywords"] and production.meta["idea"] == "corporate confidence"
     assert len(production.meta["faces"]) == 1 and production.meta["timings"]["total_s"] > 0
     assert len([b for b in at.get("download_button")]) == 3
@@ -141,15 +152,21 @@ def test_create_page_generates_with_two_people_and_shows_who_got_whom(ui_env):
         assert any("face 1: identity 1, similarity" in c.value for c in at.caption)
 
 
-def saved_production(store, seed: int, keywords: list[str]):
-    image = np.full((32, 32, 3), seed * 20, np.uint8)
-    production = store.save_production({"image": image, "base": image, "mask": image[..., 0]},
-                                       {"prompt": "p", "keywords": keywords, "seed": seed})
+def saved_production(store, seed: int, keywords: list[str], idea: str | None = None, faces: list[str] = ()):
+    image = np.full((32, 32, 3), seed * 20 % 256, np.uint8)
+    image[seed % 32] = 255  # distinct images, distinct thumbnails
+    production = store.save_production({"image": image, "base": image // 2, "mask": image[..., 0]},
+                                       {"prompt": f"portrait of a person img, {', '.join(keywords)}", "keywords": keywords,
+                                        "seed": seed, "idea": idea, "faces": list(faces), "identities": [list(faces)],
+                                        "params": {"stage1": {"steps": 7, "guidance_scale": 4.5, "width": 64,
+                                                              "height": 64},
+                                                   "detail": {"strength": 0.35, "style_strength": 25.0}}})
     store.promote(production.id)
     return production
 
 
-def test_gallery_shows_saved_items_newest_first(ui_env):
+def test_gallery_shows_saved_items_newest_first(store_env):
+    ui_env = store_env
     for seed in range(3):
         saved_production(ui_env, seed, [f"keyword{seed}", "studio light"])
     at = app("gallery.py")
@@ -158,13 +175,27 @@ def test_gallery_shows_saved_items_newest_first(ui_env):
     assert captions == ["keyword2, studio light", "keyword1, studio light", "keyword0, studio light"]
 
 
-def test_gallery_pages(ui_env):
-    for seed in range(13):
-        saved_production(ui_env, seed, [f"k{seed}"])
+def test_gallery_wall_shows_a_page_and_filters(store_env):
+    from portrait.images import encode_png
+    from ui.common import WALL_PAGE as PER_PAGE
+
+    ui_env = store_env
+
+    face = ui_env.save_face(encode_png(np.full((16, 16, 3), 200, np.uint8)))
+    for seed in range(PER_PAGE + 6):
+        saved_production(ui_env, seed, [f"k{seed}"], idea="ocean calm" if seed % 3 else "dark melancholy",
+                         faces=[face] if seed % 5 == 0 else [])
     at = app("gallery.py")
-    assert len(at.get("image")) == 12
-    button(at, "Older").click().run()
-    assert [i.proto.imgs[0].caption for i in at.get("image")] == ["k0"]
+    assert not at.exception
+    captions = [i.proto.imgs[0].caption for i in at.get("image")]
+    assert captions == [f"k{seed}" for seed in range(PER_PAGE + 5, 5, -1)]  # the first page, newest first
+    assert at.caption[0].value == f"{PER_PAGE} of {PER_PAGE + 6} portraits"
+    at.selectbox(key="wall_idea").set_value("dark melancholy").run()
+    assert [i.proto.imgs[0].caption for i in at.get("image")] == [f"k{s}" for s in range(27, -1, -3)]
+    at.selectbox(key="wall_idea").set_value(None)
+    at.selectbox(key="wall_face").set_value(face).run()
+    shown = [i.proto.imgs[0].caption for i in at.get("image")]
+    assert shown[1:] == [f"k{s}" for s in range(25, -1, -5)]  # after the chosen identity photo itself
 
 
 def test_sweep_page_rejects_bad_yaml(ui_env):
@@ -271,7 +302,7 @@ def assert_images_load(page, watch: PageWatch, app: RunningApp, at_least: int) -
 
 def wait_for_result(page, result, timeout: int):
     """Wait for `result` (a locator) or a message box, whichever comes first: a failure shows its message at once."""
-    alert = page.locator('[data-testid="stAlertContainer"]')
+    alert = page.locator('[data-testid="stAlertContentError"]')  # an error, not the no-face warning
     result.or_(alert).first.wait_for(timeout=timeout)
     assert result.count(), alert.all_inner_texts()
 
@@ -333,3 +364,118 @@ def test_real_browser_shows_every_image(running_app, tmp_path):
         browser.close()
     store = ProductionStore(LocalBackend(tmp_path / "store"))
     assert len(store.productions()) == 3 and len(store.gallery()[0]) == 1
+
+
+@pytest.fixture
+def wall_app(tmp_path):
+    """`streamlit run ui/app.py` on a store of WALL_PAGE + 36 saved productions (one identity photo, two ideas) and no
+    Triton server (the Gallery and Production pages never call one); its own thumbnail cache (HOME)."""
+    from portrait.images import encode_png
+    from ui.common import WALL_PAGE
+
+    store = ProductionStore(LocalBackend(tmp_path / "store"))
+    face = store.save_face(encode_png(np.full((24, 24, 3), 180, np.uint8)))
+    for seed in range(WALL_PAGE + 36):
+        saved_production(store, seed, [f"k{seed}", "studio light"], idea="ocean calm" if seed % 2 else "rainy noir",
+                         faces=[face])
+    port = free_port()
+    env = {**os.environ, "PORTRAIT_URL": "127.0.0.1:1", "PORTRAIT_STORE": str(tmp_path / "store"),
+           "HOME": str(tmp_path / "home")}
+    log = tmp_path / "streamlit.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(UI / "app.py"), "--server.port", str(port),
+             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not port_open("127.0.0.1", port):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.3)
+    yield RunningApp(f"http://127.0.0.1:{port}", log), store
+    process.terminate()
+    process.wait(15)
+
+
+WALL_IMAGES = ".st-key-wall img"
+
+
+def wall_columns(page) -> int:
+    return page.evaluate("s => new Set(Array.from(document.querySelectorAll(s)).map("
+                         "i => Math.round(i.getBoundingClientRect().left))).size", WALL_IMAGES)
+
+
+def wait_for_wall(page, count: int) -> None:
+    page.wait_for_function("([s, n]) => { const all = Array.from(document.querySelectorAll(s)); return all.length >= n"
+                           " && all.every(i => i.complete && i.naturalWidth > 0); }", arg=[WALL_IMAGES, count],
+                           timeout=120_000)
+
+
+def test_real_browser_toolbar_addresses_wall_and_production(wall_app):
+    """What a person sees: no Deploy button or developer menu; /sweep and /gallery open those pages; the wall fills
+    the width, loads its next page as its end scrolls into view (no click), shows a new save without a reload; a
+    tile opens its production (base, mask, final, prompt, parameters, identity photo) and "Use these settings"
+    fills Create."""
+    from playwright.sync_api import sync_playwright
+
+    from ui.common import WALL_PAGE
+
+    running, store = wall_app
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        # Streamlit's client first asks for /<page>/_stcore/health and host-config, then the root's: those 404s
+        # are its own probing of a page address
+        watch = PageWatch(page)
+        page.goto(running.url)
+        page.get_by_role("button", name="Generate").wait_for(timeout=60_000)
+        page.locator('[data-testid="stMainMenu"]').wait_for(timeout=30_000)
+        assert page.locator('[data-testid="stAppDeployButton"]').count() == 0
+        assert page.get_by_role("button", name="Deploy").count() == 0
+        page.locator('[data-testid="stMainMenu"] button').first.click()
+        menu = page.locator('[data-testid="stMainMenuPopover"]')
+        menu.wait_for(timeout=10_000)
+        assert not {"Rerun", "Clear cache", "Deploy this app"} & set(menu.inner_text().splitlines()), menu.inner_text()
+        page.keyboard.press("Escape")
+
+        for address, shows in (("/sweep", page.get_by_role("button", name="Validate")),
+                               ("/gallery", page.get_by_role("heading", name="Gallery"))):
+            page.goto(running.url + address)
+            shows.wait_for(timeout=60_000)
+            assert page.get_by_text("Page not found").count() == 0
+
+        wait_for_wall(page, WALL_PAGE)
+        assert page.locator(WALL_IMAGES).count() == WALL_PAGE
+        assert page.get_by_text(f"{WALL_PAGE} of {WALL_PAGE + 36} portraits").is_visible()
+        wide = wall_columns(page)
+        page.set_viewport_size({"width": 800, "height": 1000})
+        page.wait_for_timeout(1000)
+        narrow = wall_columns(page)
+        assert wide >= 4 and 1 <= narrow < wide, (wide, narrow)  # the columns follow the width
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        page.locator(WALL_IMAGES).last.scroll_into_view_if_needed()  # no click: the end of the wall came into view
+        wait_for_wall(page, 2 * WALL_PAGE)
+
+        [face] = store.gallery_choices()[0]
+        fresh = saved_production(store, 77, ["freshly saved"], idea="ocean calm", faces=[face])  # saved elsewhere
+        page.get_by_text("freshly saved").wait_for(timeout=30_000)  # appears without a reload
+
+        page.locator(WALL_IMAGES).first.click()
+        page.wait_for_url(re.compile(rf"/production\?id={fresh.id}$"), timeout=30_000)
+        page.get_by_text("Final", exact=True).wait_for(timeout=60_000)
+        images = assert_images_load(page, watch_ignoring_probes(watch), running, at_least=4)  # 3 panels, identity
+        assert sum((i["width"], i["height"]) == (32, 32) for i in images) == 3, images
+        assert page.get_by_text("portrait of a person img, freshly saved").first.is_visible()
+        assert page.get_by_text("Identity photos").is_visible()
+        page.get_by_role("button", name="Use these settings").click()
+        page.get_by_role("button", name="Generate").wait_for(timeout=60_000)
+        assert page.get_by_label(re.compile("^Prompt")).input_value() == "portrait of a person img, freshly saved"
+        assert page.get_by_label("Steps", exact=True).input_value() == "7"
+        assert page.get_by_label("Seed", exact=True).input_value() == "77"
+        browser.close()
+
+
+def watch_ignoring_probes(watch: PageWatch) -> PageWatch:
+    """The watch without Streamlit's probes of a page address (/<page>/_stcore/health, /<page>/_stcore/host-config
+    answer 404 before the client falls back to the root's)."""
+    watch.bad[:] = [b for b in watch.bad if not re.search(r"^404 GET .*/\w+/_stcore/(health|host-config)$", b)]
+    return watch

@@ -81,6 +81,8 @@ JSON_CASES = [  # (body, field named, text): 500 or a silent wrap in Triton 2.51
     (stage1(width([64], datatype="FP32")), "width", "expects 'INT32'"),
     (stage1({"name": "guidance_scale", "shape": [1], "datatype": "FP32", "data": [1e39]}), "guidance_scale",
      "range of FP32"),
+    (stage1({"name": "guidance_scale", "shape": [1], "datatype": "FP32", "data": [10**400]}), "guidance_scale",
+     "range of FP32"),
     (stage1().replace(b'"a portrait"', b'"a \\ud800 portrait"'), "prompt", "lone surrogates"),
     (stage1().replace(b'"data": ["a portrait"]', b'"data": [NaN]'), "request", "NaN is not JSON"),
     (stage1().replace(b'"shape": [1]', b'"shape": [1], "shape": [1099511627776]'), "request", "appears twice"),
