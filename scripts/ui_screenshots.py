@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Screenshots of the running UI for docs/: a newcomer's path through Create (sample face, idea, Write prompt,
-Generate, Save to gallery), then Gallery, then Sweep (the example sweep run to its contact sheet), then Create with
+Generate, Save to gallery), then that portrait opened from the Gallery's wall (its Production page; the wall on a
+seeded store of 2,000 comes from scripts/measure_gallery.py --screenshot), then Sweep (the example sweep run to its
+contact sheet), then Create with
 two people on a group photo of one's own (insightface's t1.jpg, the people cropped from it, by match: each face's box
 labelled with its identity and similarity). Needs `portrait ui` running (URL as the first argument). Refuses to write
 a screenshot of a page with a broken image or a failed request."""
@@ -38,7 +40,7 @@ with sync_playwright() as p:
     page.get_by_role("button", name="Generate").wait_for(timeout=60_000)
     import skimage
 
-    if only != "create":  # the prompt path, the gallery, the sweep
+    if only != "create":  # the prompt path, the production, the sweep
         page.locator("input[type=file]").set_input_files(str(Path(skimage.__file__).parent / "data" / "astronaut.png"))
         page.get_by_text("person 1, photo 1").wait_for(timeout=30_000)
         page.get_by_role("combobox").nth(1).click()
@@ -54,9 +56,11 @@ with sync_playwright() as p:
         page.get_by_role("button", name="Save to gallery").first.click()
         page.get_by_text("Saved to the gallery.").wait_for(timeout=30_000)
         page.get_by_role("link", name="Gallery").click()
-        page.get_by_text("page 1 of").wait_for(timeout=30_000)
+        page.locator(".st-key-wall img").first.wait_for(timeout=60_000)
+        page.locator(".st-key-wall img").first.click()  # a tile opens its production
+        page.get_by_role("button", name="Use these settings").wait_for(timeout=60_000)
         page.wait_for_timeout(1500)
-        shoot(page, "gallery", 1)
+        shoot(page, "production", 4)  # base, mask, final, the identity photo
         page.get_by_role("link", name="Sweep").click()
         page.get_by_role("button", name="Validate").wait_for(timeout=30_000)
         page.get_by_role("button", name="Validate").click()

@@ -307,7 +307,7 @@ def cmd_ui(args) -> int:
     import subprocess
 
     from clients import connect
-    from portrait.serving.server import TritonServer
+    from portrait.serving.server import Aborted, TritonServer
     from portrait.settings import PROJECT_ROOT, get_settings
 
     settings = get_settings()
@@ -315,11 +315,14 @@ def cmd_ui(args) -> int:
     server = app = None
     with connect(url) as probe:
         ready = probe.is_ready()
+    stop = stop_on_signals()  # before the embedded server's start: a signal during it stops it too
     if not ready:
         print(f"no server answers at {url}; starting an embedded one ...", file=sys.stderr)
-        server = TritonServer.create(settings, free_ports=True).start()
+        try:  # as long as `portrait serve` waits for a loaded machine's start (Supervisor's start_timeout)
+            server = TritonServer.create(settings, free_ports=True).start(600.0, abort=lambda: bool(stop))
+        except Aborted:
+            return 0
         url = server.grpc_url
-    stop = stop_on_signals()
     try:
         if not stop:
             command = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "ui" / "app.py"), "--server.port",

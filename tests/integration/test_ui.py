@@ -345,7 +345,7 @@ def test_real_browser_shows_every_image(running_app, tmp_path):
         page.get_by_role("button", name="Save to gallery").click()
         page.get_by_text("Saved to the gallery.").wait_for(timeout=30_000)
         page.get_by_role("link", name="Gallery").click()
-        page.get_by_text("page 1 of 1").wait_for(timeout=30_000)
+        page.get_by_text("1 of 1 portraits").wait_for(timeout=30_000)
         page.get_by_text("seed 0 ·").wait_for(timeout=30_000)
         assert_images_load(page, watch, running_app, at_least=1)
 
@@ -464,8 +464,8 @@ def test_real_browser_toolbar_addresses_wall_and_production(wall_app):
         page.get_by_text("Final", exact=True).wait_for(timeout=60_000)
         images = assert_images_load(page, watch_ignoring_probes(watch), running, at_least=4)  # 3 panels, identity
         assert sum((i["width"], i["height"]) == (32, 32) for i in images) == 3, images
-        assert page.get_by_text("portrait of a person img, freshly saved").first.is_visible()
-        assert page.get_by_text("Identity photos").is_visible()
+        page.get_by_text("portrait of a person img, freshly saved").first.wait_for(timeout=30_000)
+        page.get_by_text("Identity photos").wait_for(timeout=30_000)
         page.get_by_role("button", name="Use these settings").click()
         page.get_by_role("button", name="Generate").wait_for(timeout=60_000)
         assert page.get_by_label(re.compile("^Prompt")).input_value() == "portrait of a person img, freshly saved"
