@@ -251,12 +251,13 @@ def test_photomaker_lora_is_fused_as_diffusers_fuses_it(sdxl_dir, models_dir):
 
 
 def test_id_images_bytes_helper_roundtrip():
-    from clients.triton import identity_arrays
+    from clients.triton import face_identities, identity_arrays
 
     photo = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo, format="PNG")
-    arrays = identity_arrays([photo.getvalue(), photo.getvalue()])
+    arrays = identity_arrays(face_identities([photo.getvalue(), photo.getvalue()]))
     assert arrays["id_images"][0] == "BYTES" and arrays["id_images"][1].shape == (2,)
-    assert identity_arrays(None) == {}
-    with pytest.raises(InvalidInput, match="at most 4 identity photos, got 5"):
-        identity_arrays([photo.getvalue()] * 5)
+    assert arrays["id_images"][1].tolist() == [photo.getvalue()] * 2
+    assert identity_arrays(face_identities(None)) == {}
+    with pytest.raises(InvalidInput, match="at most 4 identity photos"):
+        face_identities([photo.getvalue()] * 5)
