@@ -67,7 +67,7 @@ def big_png() -> bytes:
 @pytest.mark.parametrize("image,over,field,text", [
     (b"this is not an image", {}, "image", "not a readable image"),
     (b"", {}, "image", "is empty"),
-    (None, {}, "image", "at most 16777216 pixels (4096x4096), got 4097x4096"),
+    (None, {}, "image", "must have at most 4194304 pixels (PORTRAIT_MAX_IMAGE_PIXELS), got 4097x4096"),
     ("astronaut", {"max_faces": ("INT32", np.array([0], np.int32))}, "max_faces", "[1, 8]"),
     ("astronaut", {"max_faces": ("INT32", np.array([9], np.int32))}, "max_faces", "[1, 8]"),
     ("astronaut", {"margin": ("FP32", np.array([-0.1], np.float32))}, "margin", "[0, 2]"),
