@@ -151,7 +151,9 @@ def main() -> None:
         app.terminate()
         app.wait(15)
         moto.stop()
-    print(f"\n{args.count} productions in moto S3, {per_page} tiles a page, {columns} columns at 1400 px")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n{args.count} productions in moto S3, {per_page} tiles a page, {columns} columns at 1400 px; "
+          f"{os.cpu_count()} cores, load average {load}")
     print("| run | first paint | " + " | ".join(f"page {k}" for k in range(2, args.pages + 1)) + " |")
     print("|---|" + "---|" * args.pages)
     for run, marks in results.items():
