@@ -116,7 +116,7 @@ def check_container() -> None:
     outcomes = set(re.findall(r'portrait_requests_total\{[^}]*model="stage1"[^}]*outcome="(\w+)"', metrics))
     if outcomes != {"success", "invalid_arg", "cancelled", "unavailable", "internal"}:
         say(f"WARNING: before the first request stage1 exports outcomes {sorted(outcomes)}: "
-            "portrait.serving.metrics.initialise is not called at load (triton_io.setup)")
+            "portrait.serving.metrics.register is not called at load (triton_io.setup)")
     ensembles = podman("exec", NAME, "test", "-f", "/opt/portrait/ensembles/portrait/config.pbtxt", check=False)
     assert ensembles.returncode == 0, "the image lacks ensembles/portrait (the second model repository)"
     index = f"http://127.0.0.1:{PORTS['http']}/v2/repository/index"

@@ -516,10 +516,13 @@ def test_server_and_ui_images_are_split_and_multi_stage():
     assert {c["name"]: c["image"] for c in stack}["ui"] == "localhost/portrait-ui:cpu"
 
 
-def test_server_image_installs_what_make_install_installs_without_dependencies():
+@pytest.mark.parametrize("containerfile", ["Containerfile", "Containerfile.gpu"])
+def test_server_image_installs_what_make_install_installs_without_dependencies(containerfile):
     """Packages the Makefile installs with --no-deps (so pip never pulls them from pyproject) must be in the server
-    image too: a model that imports one fails to load there (MediaPipe, the default face detector, did)."""
+    images too: a model that imports one fails to load there (MediaPipe, the default face detector, did). A server
+    image carries no UI extra."""
     makefile = (PROJECT_ROOT / "Makefile").read_text()
     no_deps = {p for line in re.findall(r"pip install -q --no-deps (.+)", makefile) for p in line.split()}
-    image = (INFRA / "Containerfile").read_text()
+    image = (INFRA / containerfile).read_text()
     assert no_deps and all(p in image for p in no_deps), sorted(p for p in no_deps if p not in image)
+    assert "[ui]" not in image
