@@ -25,7 +25,8 @@ from portrait.serving.cancel import JOB_ID
 
 EMBEDS = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
 ID_INPUTS = ("id_prompt_embeds", "id_pooled_prompt_embeds")
-SCALARS = ("height", "width", "steps", "guidance_scale", "guidance_cutoff", "strength", "start_merge_step", "job_id")
+SCALARS = ("height", "width", "steps", "guidance_scale", "guidance_cutoff", "strength", "start_merge_step", "job_id",
+           "progress")
 ARRAYS = ("seeds", *EMBEDS, *ID_INPUTS, "image_latents", "change_map")
 
 Arrays = dict[str, np.ndarray | None]

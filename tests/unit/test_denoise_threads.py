@@ -48,9 +48,10 @@ class Response:
 
 class Sender:
     def __init__(self):
-        self.responses, self.final = [], threading.Event()
+        self.responses, self.final, self.threads = [], threading.Event(), set()
 
     def send(self, response=None, flags=0):
+        self.threads.add(threading.current_thread().name)
         self.responses.append(response)
         if flags:
             self.final.set()
@@ -60,12 +61,18 @@ class Request:
     def __init__(self, inputs: dict[str, np.ndarray]):
         self.inputs = {k: Tensor(k, v) for k, v in inputs.items()}
         self.sender = Sender()
+        self.cancel_threads: set[str] = set()
+        self.cancel_after: int | None = None  # is_cancelled() answers True from this call on
 
     def get_response_sender(self):
         return self.sender
 
     def is_cancelled(self):
-        return False
+        self.cancel_threads.add(threading.current_thread().name)
+        if self.cancel_after is None:
+            return False
+        self.cancel_after -= 1
+        return self.cancel_after < 0
 
     def parameters(self):
         return "{}"
@@ -136,7 +143,7 @@ def test_the_stub_thread_runs_no_torch_op(denoise_model, sdxl_dir):
     final = request.sender.responses[-1]
     assert final.error_value is None, final.error_value
     steps = [r.outputs["step"][0] for r in request.sender.responses[:-1]]
-    assert steps == [1, 2, 3]
+    assert steps and steps == sorted(set(steps)) and steps[-1] == 3  # a waiting progress is replaced by a newer one
     # the same loop in-process on this thread: the scheduler's thread computed the same latents
     scalars = {k: (inputs[k].reshape(-1)[0].item() if k in inputs else None) for k in SCALARS}
     predict = load_predictor(get_settings())
@@ -165,3 +172,59 @@ def test_light_torch_models_compute_on_the_stub_thread_and_start_no_thread(denoi
     assert response.error_value is None, response.error_value
     assert recorded.ops, "the mode saw no op: it would miss work on this thread too"
     assert set(threading.enumerate()) - before == set()
+
+
+def run_requests(denoise_model, requests):
+    model = denoise_model.TritonPythonModel()
+    model.initialize({"model_name": "denoise", "model_config": json.dumps({"parameters": {}})})
+    try:
+        model.execute(requests)
+        for request in requests:
+            assert request.sender.final.wait(120), "no final response"
+    finally:
+        model.finalize()
+
+
+def test_the_scheduler_thread_makes_no_round_trip_to_the_server(denoise_model, sdxl_dir):
+    """`send` and `is_cancelled` are round trips to the server in Triton's Python backend: made on the scheduler's
+    thread they stalled the next forward once per active request (issue 21); the courier's thread makes them."""
+    from portrait.models.unet_runner import UNetDims
+
+    dims = UNetDims.read(sdxl_dir)
+    requests = [Request(stage1_inputs(dims, seed=s)) for s in (3, 4, 5)]
+    run_requests(denoise_model, requests)
+    for request in requests:
+        assert request.sender.responses[-1].error_value is None
+        assert request.sender.threads == {"courier"}
+        assert request.cancel_threads <= {"courier"}
+    assert any(r.cancel_threads for r in requests), "is_cancelled was never asked: cancellation would be missed"
+
+
+def test_progress_false_sends_only_the_final_latents(denoise_model, sdxl_dir):
+    from portrait.models.unet_runner import UNetDims
+
+    dims = UNetDims.read(sdxl_dir)
+    quiet, chatty = Request({**stage1_inputs(dims), "progress": np.array([False])}), Request(stage1_inputs(dims))
+    run_requests(denoise_model, [quiet, chatty])
+    assert [sorted(r.outputs) for r in quiet.sender.responses] == [["latents"]]
+    *steps, final = chatty.sender.responses
+    assert sorted(final.outputs) == ["latents"]
+    # progress still waiting when a newer step comes is replaced by it: increasing steps, the last always sent
+    seen = [int(r.outputs["step"][0]) for r in steps]
+    assert seen and seen == sorted(set(seen)) and seen[-1] == 3
+    # the same request: equal up to the float noise of sharing a forward or not
+    np.testing.assert_allclose(quiet.sender.responses[-1].outputs["latents"],
+                               chatty.sender.responses[-1].outputs["latents"], rtol=0, atol=1e-4)
+
+
+def test_a_client_that_cancels_gets_cancelled_and_the_others_finish(denoise_model, sdxl_dir):
+    from portrait.models.unet_runner import UNetDims
+
+    dims = UNetDims.read(sdxl_dir)
+    gone, stays = Request({**stage1_inputs(dims), "steps": np.array([50], np.int32)}), Request(stage1_inputs(dims, 4))
+    gone.cancel_after = 0
+    run_requests(denoise_model, [gone, stays])
+    error = gone.sender.responses[-1].error_value
+    assert error is not None and error.code() == TritonError.CANCELLED and "cancelled by the client" in error.message()
+    assert len(gone.sender.responses) < 50
+    assert stays.sender.responses[-1].error_value is None

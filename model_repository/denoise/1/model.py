@@ -10,6 +10,7 @@ from portrait.models.checkpoint import read_sdxl_info
 from portrait.models.unet_runner import load_predictor, warm_up
 from portrait.serving import metrics, triton_io
 from portrait.serving.cancel import cancel_requested, clear
+from portrait.serving.courier import Courier
 from portrait.serving.denoise_job import ARRAYS, SCALARS, check_job_id, denoise_loop
 from portrait.serving.step_scheduler import Job, StepScheduler
 from portrait.serving.torch_setup import torch_setup
@@ -23,11 +24,14 @@ class TritonPythonModel:
     """The step scheduler owning the UNet: each request's loop joins at a step boundary (portrait/serving/step_scheduler.py).
 
     Every torch op of this process runs on the scheduler's thread (loading, warm-up, each request's tensors, the
-    forwards): this thread, the stub's, only decodes numpy arrays and hands them over with the callbacks."""
+    forwards): this thread, the stub's, only decodes numpy arrays and hands them over with the callbacks. Every round
+    trip to the server about a request (its responses, its `is_cancelled`) runs on the courier's thread
+    (portrait/serving/courier.py), so the scheduler's thread never waits on the server between forwards."""
 
     def initialize(self, args):
         triton_io.setup(args)
         self.settings = get_settings()
+        self.courier = Courier(poll_interval=0.05)
         self.info = read_sdxl_info(self.settings.sdxl_dir)
         try:
             observer = metrics.SchedulerMetrics(args["model_name"]).update
@@ -52,34 +56,43 @@ class TritonPythonModel:
 
     def submit(self, request, tracked):
         sender = request.get_response_sender()
-        job_id = None
+        key, job_id, courier = object(), None, self.courier
 
         def progress(step, num_steps):
-            sender.send(pb.InferenceResponse([triton_io.tensor("step", np.array([step], np.int32)),
-                                              triton_io.tensor("num_steps", np.array([num_steps], np.int32))]))
+            response = [triton_io.tensor("step", np.array([step], np.int32)),
+                        triton_io.tensor("num_steps", np.array([num_steps], np.int32))]
+            courier.post_progress(key, lambda: sender.send(pb.InferenceResponse(response)))
 
         def done(latents):
             clear(job_id)
-            sender.send(pb.InferenceResponse([triton_io.tensor("latents", latents.numpy())]), flags=FINAL)
-            tracked.succeeded()
+            array = latents.numpy()  # on the scheduler's thread: no torch on the courier's
+
+            def send():
+                sender.send(pb.InferenceResponse([triton_io.tensor("latents", array)]), flags=FINAL)
+                tracked.succeeded()
+            courier.finish(key, send)
 
         def fail(error):  # this request ends with its error; the others go on
             clear(job_id)
-            sender.send(tracked.failed(error), flags=FINAL)
+            courier.finish(key, lambda: sender.send(tracked.failed(error), flags=FINAL))
 
         try:
             triton_io.refuse_if_draining(request)
             scalars = {k: triton_io.get_scalar(request, k) for k in SCALARS}
             job_id = check_job_id(scalars["job_id"])
+            wants_progress = scalars["progress"] is None or bool(scalars["progress"])
             # copies: the loop is built later, on the scheduler's thread, and must not hold the request's buffers
             arrays = {k: None if (a := triton_io.get_array(request, k)) is None else np.array(a) for k in ARRAYS}
         except Exception as error:
             fail(error)
             return
+        courier.watch(key, lambda: request.is_cancelled() or cancel_requested(job_id))
         deadline = self.settings.request_deadline
-        self.scheduler.submit(Job(lambda: denoise_loop(arrays, scalars, self.info, self.dims), progress, done, fail,
-                                  cancelled=lambda: request.is_cancelled() or cancel_requested(job_id),
+        self.scheduler.submit(Job(lambda: denoise_loop(arrays, scalars, self.info, self.dims),
+                                  progress if wants_progress else lambda step, num_steps: None, done, fail,
+                                  cancelled=lambda: courier.cancelled(key),
                                   deadline=time.monotonic() + deadline if deadline > 0 else None))
 
     def finalize(self):
         self.scheduler.stop(Unavailable("the denoise model is shutting down; retry"))
+        self.courier.stop()  # after the scheduler: its last answers are queued by then
