@@ -16,7 +16,8 @@ per tick, with the cores idle. The courier takes both off that thread:
   request once its final response has gone (the server frees the request then: `is_cancelled` on it would crash
   the server, TRITONBACKEND_ResponseFactoryIsCancelled on a deleted factory).
 
-Sends and polls run on this one thread, never at the same time. Triton-free: the `denoise` model adapts it, the unit tests drive it with plain callables.
+Sends and polls run on this one thread, never at the same time. Triton-free: the `denoise` model adapts it, the
+unit tests drive it with plain callables.
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ class SchedulerMetrics:
               "backlog": "Requests waiting or denoising (the autoscaling signal)"}
     COUNTERS = {"steps": "Denoising steps advanced, summed over requests",
                 "forwards": "UNet forwards run by the step scheduler",
-                "unet_rows": "UNet rows evaluated (rows per forward = this / forwards_total)"}
+                "unet_rows": "UNet rows evaluated (rows per forward = this / forwards_total)",
+                "forward_seconds": "Wall time of the UNet forwards, on the scheduler's thread"}
 
     def __init__(self, model: str):
         from prometheus_client import Counter, Gauge
@@ -81,7 +82,8 @@ class SchedulerMetrics:
         try:
             for k, v in (("active_requests", stats.active), ("waiting_requests", stats.waiting), ("backlog", stats.backlog)):
                 self.gauges[k].set(v)
-            for k, v in (("steps", stats.steps_total), ("forwards", stats.forwards_total), ("unet_rows", stats.rows_total)):
+            for k, v in (("steps", stats.steps_total), ("forwards", stats.forwards_total), ("unet_rows", stats.rows_total),
+                         ("forward_seconds", stats.forward_seconds)):
                 if v > self.counted[k]:
                     self.counters[k].inc(v - self.counted[k])
                     self.counted[k] = v

@@ -118,6 +118,7 @@ class SchedulerStats:
     steps_total: int = 0  # loop steps advanced, summed over requests
     forwards_total: int = 0  # UNet forwards run
     rows_total: int = 0  # UNet rows evaluated
+    forward_seconds: float = 0.0  # wall time of the UNet forwards (the profile's "UNet" share)
 
     @property
     def backlog(self) -> int:
@@ -315,8 +316,10 @@ class StepScheduler:
 
     def _forward(self, batch: list[Job]) -> int:
         merged = merge_calls([job.call for job in batch], self._merge_cache)
+        start = time.perf_counter()
         try:
             noise = self._predict_chunked(merged)
+            self.stats.forward_seconds += time.perf_counter() - start
         except Exception as error:
             if len(batch) == 1:
                 self._remove(batch[0])

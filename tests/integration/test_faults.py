@@ -354,6 +354,19 @@ class FakeServer:
         self.drain_file = settings.cache_dir / f"draining-fake-{os.getpid()}"
         self.grpc_url = self.http_url = "127.0.0.1:1"
         self.metrics_url = "http://127.0.0.1:1/metrics"
+        self.log_path = settings.cache_dir / f"tritonserver-fake-{os.getpid()}.log"
+        self.restarts = self.closed = 0
+
+    def log_tail(self, lines=30):
+        return "the fake server's last log line"
+
+    def count_restart(self):
+        self.restarts += 1
+        return self.restarts
+
+    def close(self):
+        self.stop()
+        self.closed += 1
 
     def start(self, timeout, abort=None):
         self.starts += 1

@@ -73,6 +73,7 @@ def test_concurrent_requests_batch_in_the_unet_and_change_nothing(grpc_client, s
     forwards = delta["portrait_scheduler_forwards_total"]
     assert forwards < 5 * 12, f"{forwards} UNet forwards for {5 * 12} steps: nothing was batched"
     assert after["portrait_scheduler_backlog"] == 0
+    assert delta["portrait_scheduler_forward_seconds_total"] > 0  # the profile's UNet share (scripts/benchmark)
     for p, r in zip(others, results[1:]):
         assert r.seeds == [p.seed]
 

@@ -437,6 +437,8 @@ def test_real_browser_toolbar_addresses_wall_and_production(wall_app):
         assert not {"Rerun", "Clear cache", "Deploy this app"} & set(menu.inner_text().splitlines()), menu.inner_text()
         page.keyboard.press("Escape")
 
+        # short enough that the first page's end is not already within the wall's 600 px prefetch margin
+        page.set_viewport_size({"width": 1400, "height": 500})
         for address, shows in (("/sweep", page.get_by_role("button", name="Validate")),
                                ("/gallery", page.get_by_role("heading", name="Gallery"))):
             page.goto(running.url + address)
@@ -447,11 +449,11 @@ def test_real_browser_toolbar_addresses_wall_and_production(wall_app):
         assert page.locator(WALL_IMAGES).count() == WALL_PAGE
         assert page.get_by_text(f"{WALL_PAGE} of {WALL_PAGE + 36} portraits").is_visible()
         wide = wall_columns(page)
-        page.set_viewport_size({"width": 800, "height": 1000})
+        page.set_viewport_size({"width": 800, "height": 500})
         page.wait_for_timeout(1000)
         narrow = wall_columns(page)
         assert wide >= 4 and 1 <= narrow < wide, (wide, narrow)  # the columns follow the width
-        page.set_viewport_size({"width": 1400, "height": 1000})
+        page.set_viewport_size({"width": 1400, "height": 500})
         page.locator(WALL_IMAGES).last.scroll_into_view_if_needed()  # no click: the end of the wall came into view
         wait_for_wall(page, 2 * WALL_PAGE)
 

@@ -93,6 +93,7 @@ def test_rows_batched_across_requests_give_the_same_latents_as_alone():
     # all four shared the first forward: 2 + 2 + 1 + 4 rows
     assert unet.forwards[0][0] == 9 and unet.forwards[0][2] == [1, 2, 3, 4]
     assert s.stats.forwards_total == len(unet.forwards) and s.stats.rows_total == sum(f[0] for f in unet.forwards)
+    assert s.stats.forward_seconds > 0
     assert s.stats.steps_total == 4 + 4 + 4 + 6
 
 

@@ -31,7 +31,7 @@ class TritonPythonModel:
     def initialize(self, args):
         triton_io.setup(args)
         self.settings = get_settings()
-        self.courier = Courier(poll_interval=0.05)
+        self.courier = Courier(poll_interval=0.1)  # cancel checks: 10 a second per request in flight
         self.info = read_sdxl_info(self.settings.sdxl_dir)
         try:
             observer = metrics.SchedulerMetrics(args["model_name"]).update
