@@ -3,6 +3,7 @@ through a real headless Chromium."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -216,21 +217,28 @@ def test_sweep_page_rejects_bad_yaml(ui_env):
 def running_app(server, tmp_path):
     """`streamlit run ui/app.py` on a free port against the test server; its log goes to a file (a pipe nobody
     reads would block the app once full)."""
+    with streamlit_app(tmp_path, {"PORTRAIT_URL": server.grpc_url, "PORTRAIT_STORE": str(tmp_path / "store")}) as app:
+        yield app
+
+
+@contextlib.contextmanager
+def streamlit_app(tmp_path: Path, env: dict[str, str]):
     port = free_port()
-    env = {**os.environ, "PORTRAIT_URL": server.grpc_url, "PORTRAIT_STORE": str(tmp_path / "store")}
     log = tmp_path / "streamlit.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(UI / "app.py"), "--server.port", str(port),
              "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not port_open("127.0.0.1", port):
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.3)
-    yield RunningApp(f"http://127.0.0.1:{port}", log)
-    process.terminate()
-    process.wait(15)
+            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_open("127.0.0.1", port):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        yield RunningApp(f"http://127.0.0.1:{port}", log)
+    finally:
+        process.terminate()
+        process.wait(15)
 
 
 @dataclass(frozen=True)
@@ -378,22 +386,9 @@ def wall_app(tmp_path):
     for seed in range(WALL_PAGE + 36):
         saved_production(store, seed, [f"k{seed}", "studio light"], idea="ocean calm" if seed % 2 else "rainy noir",
                          faces=[face])
-    port = free_port()
-    env = {**os.environ, "PORTRAIT_URL": "127.0.0.1:1", "PORTRAIT_STORE": str(tmp_path / "store"),
-           "HOME": str(tmp_path / "home")}
-    log = tmp_path / "streamlit.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(UI / "app.py"), "--server.port", str(port),
-             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not port_open("127.0.0.1", port):
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.3)
-    yield RunningApp(f"http://127.0.0.1:{port}", log), store
-    process.terminate()
-    process.wait(15)
+    with streamlit_app(tmp_path, {"PORTRAIT_URL": "127.0.0.1:1", "PORTRAIT_STORE": str(tmp_path / "store"),
+                                  "HOME": str(tmp_path / "home")}) as app:
+        yield app, store
 
 
 WALL_IMAGES = ".st-key-wall img"

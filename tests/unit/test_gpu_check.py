@@ -45,9 +45,30 @@ def test_gpu_check_smoke_runs_on_cpu(tmp_path):
     assert phases["served_c1"]["result"]["rows_per_forward"] == pytest.approx(5 / 3, abs=0.01)
     assert phases["served_c2"]["result"]["rows_per_forward"] > 2
     assert set(report["ratios"]) == {"served_c1_p50_over_in_process_latency", "served_c2_images_per_s_over_in_process_batch8"}
-    for policy in ("policy_batch", "policy_sequential"):  # measured where StepScheduler takes `policy`, else said so
-        assert phases[policy]["status"] in ("ok", "not available"), phases[policy]
+    for policy in ("policy_batch", "policy_sequential"):  # beside continuous, at the highest level
+        assert phases[policy]["status"] == "ok", phases[policy]
+        assert phases[policy]["result"]["policy"] == policy.removeprefix("policy_")
+        assert phases[policy]["result"]["concurrent_requests"] == 2
     assert "tensorrt" in phases["tensorrt"]["result"]  # says whether TensorRT was importable
+
+
+def test_gpu_check_mlperf_recipe_and_policies_at_several_levels(tmp_path):
+    """`--recipe mlperf`: MLPerf's SDXL request (guidance 8 on every step, so 2 rows a step); p99 per level; the other
+    admission policies at each `--policy-concurrency` level."""
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--device", "cpu", "--recipe", "mlperf",
+                           "--concurrency", "1", "--policies", "batch", "--policy-concurrency", "1", "2",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    phases = report["phases"]
+    assert report["recipe"] == "mlperf" and report["request"] == {"steps": 3, "guidance_scale": 8.0, "guidance_cutoff": 0.0}
+    level = phases["served_c1"]["result"]
+    assert level["rows_per_forward"] == 2.0  # guided on every step: no cutoff
+    assert level["latency_p50_s"] <= level["latency_p90_s"] <= level["latency_p99_s"]
+    for c in (1, 2):
+        row = phases[f"policy_batch_c{c}"]["result"]
+        assert row["measured"] and row["policy"] == "batch" and row["concurrent_requests"] == c
 
 
 def test_the_gpu_run_is_planned_inside_eight_minutes():
