@@ -144,10 +144,16 @@ def denoise_stream(backend: Backend, inputs: dict, progress: Progress | None) ->
     latents = None
     if progress is None:  # nobody reads the steps: only the final latents come back
         inputs = {**inputs, "progress": np.array([False])}
-    for out in backend.denoise(inputs):
-        if "step" in out and progress is not None:
-            progress(int(out["step"][0]), int(out["num_steps"][0]))
-        latents = out.get("latents", latents)
+    stream = backend.denoise(inputs)
+    try:
+        for out in stream:
+            if "step" in out and progress is not None:
+                progress(int(out["step"][0]), int(out["num_steps"][0]))  # may raise: a cancelled client
+            latents = out.get("latents", latents)
+    finally:  # closed here, before the caller answers: a stream left open would still deliver into a finished request
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
     return latents
 
 

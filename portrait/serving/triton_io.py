@@ -10,12 +10,14 @@ plain message (never a path or traceback text for internal errors).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import triton_python_backend_utils as pb_utils
 from portrait.errors import Cancelled, InvalidInput, ModelSetError, PortraitError, Unavailable
 from portrait.logs import LOGGER, setup_logging
 from portrait.serving import metrics
+from portrait.serving.cancel import request_cancel
 
 log = logging.getLogger(LOGGER)
 INTERNAL_PARAMETER = "portrait_internal"  # set on every BLS request: child work of an accepted request
@@ -270,10 +273,17 @@ def bls(model: str, inputs: dict[str, np.ndarray], outputs: list[str], trace=Non
     return read_response(_next(_in_thread(call), model, timeout), outputs, model)
 
 
-def bls_stream(model: str, inputs: dict[str, np.ndarray], outputs: list[str],
-               trace=None) -> Iterator[dict[str, np.ndarray]]:
+def bls_stream(model: str, inputs: dict[str, np.ndarray], outputs: list[str], trace=None,
+               on_abandon: Callable[[], None] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """A BLS call to a decoupled model: yields each response's outputs, in order; each response must come within
-    PORTRAIT_BLS_TIMEOUT of the previous one."""
+    PORTRAIT_BLS_TIMEOUT of the previous one.
+
+    Closed before its end (the caller stopped reading: a cancelled client, an error), it calls `on_abandon` (e.g.
+    raise the callee's cancel flag) and waits, up to PORTRAIT_BLS_TIMEOUT, for the callee's last response. A caller
+    must not finish its own request while a child stream still delivers into it: in Triton's Python backend that
+    corrupted the caller stub's heap (`malloc_consolidate(): unaligned fastbin chunk detected`, the `portrait` stub
+    dying under 12 streams with cancellations, docs/reliability.md). Close it with `contextlib.closing` or
+    `close()` before answering."""
     timeout = bls_timeout()
     request = bls_request(model, inputs, outputs, timeout, trace)
     done = object()
@@ -289,8 +299,31 @@ def bls_stream(model: str, inputs: dict[str, np.ndarray], outputs: list[str],
     box = _in_thread(pump)
     while (response := _next(box, model, timeout)) is not done:
         out = read_response(response, outputs, model)
-        if out:  # the last response may carry only the FINAL flag
+        if not out:  # the last response may carry only the FINAL flag
+            continue
+        try:
             yield out
+        except GeneratorExit:
+            if on_abandon is not None:
+                try:
+                    on_abandon()
+                except Exception:
+                    log.warning("could not stop the %s stream", model, exc_info=True)
+            if not _drain(box, done, time.monotonic() + timeout):
+                log.warning("%s did not end its stream within %g s of being abandoned", model, timeout)
+            raise
+
+
+def _drain(box: queue.Queue, done: object, deadline: float) -> bool:
+    """Discard a stream's remaining responses until its end (or error); False if `deadline` came first."""
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            ok, value = box.get(timeout=remaining)
+        except queue.Empty:
+            return False
+        if not ok or value is done:
+            return True
+    return False
 
 
 class BlsBackend:
@@ -326,9 +359,11 @@ class BlsBackend:
                    ["id_prompt_embeds"], trace=self.trace)["id_prompt_embeds"]
 
     def denoise(self, inputs: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        stop = None
         if self.job_id is not None:
             inputs = {**inputs, "job_id": np.array([self.job_id.encode()], dtype=object)}
-        return bls_stream("denoise", inputs, ["latents", "step", "num_steps"], trace=self.trace)
+            stop = functools.partial(request_cancel, self.job_id)  # abandoned: the loop stops within a poll
+        return bls_stream("denoise", inputs, ["latents", "step", "num_steps"], trace=self.trace, on_abandon=stop)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         return bls("vae_decoder", {"latents": latents}, ["image"], trace=self.trace)["image"]

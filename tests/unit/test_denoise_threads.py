@@ -228,3 +228,43 @@ def test_a_client_that_cancels_gets_cancelled_and_the_others_finish(denoise_mode
     assert error is not None and error.code() == TritonError.CANCELLED and "cancelled by the client" in error.message()
     assert len(gone.sender.responses) < 50
     assert stays.sender.responses[-1].error_value is None
+
+
+class BlsResponse:
+    def __init__(self, step):
+        self.step = step
+
+    def has_error(self):
+        return False
+
+
+def test_an_abandoned_bls_stream_stops_its_callee_and_waits_for_its_end(denoise_model, monkeypatch):
+    """bls_stream closed early (a cancelled client) raises the callee's cancel flag and returns only once the callee's
+    stream has ended: a caller must not finish its request while a child stream still delivers into it (that
+    corrupted the `portrait` stub's heap under load with cancellations)."""
+    import time
+
+    import portrait.serving.triton_io as triton_io
+
+    events, stopped = [], threading.Event()
+
+    class Request:
+        def exec(self, decoupled):
+            assert decoupled
+            for step in range(1, 1000):
+                events.append(f"sent {step}")
+                yield BlsResponse(step)
+                if stopped.is_set():  # the callee sees its cancel flag at its next step, then ends its stream
+                    time.sleep(0.2)
+                    events.append("callee ended")
+                    return
+                time.sleep(0.01)
+
+    monkeypatch.setattr(triton_io, "bls_request", lambda *a, **k: Request())
+    monkeypatch.setattr(triton_io.pb_utils, "get_output_tensor_by_name",
+                        lambda response, name: Tensor(name, np.array([response.step])), raising=False)
+    stream = triton_io.bls_stream("denoise", {}, ["step"], on_abandon=lambda: (events.append("cancel"), stopped.set()))
+    assert next(stream)["step"].tolist() == [1]
+    stream.close()
+    events.append("closed")
+    assert "cancel" in events and events.index("callee ended") < events.index("closed"), events

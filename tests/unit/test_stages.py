@@ -156,7 +156,8 @@ def test_stage1_calls_text_denoise_decode_in_order_with_the_request_values():
     # text to image: no image, change map, strength or identity goes to the loop
     assert set(inputs) == {"prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds",
                            "negative_pooled_prompt_embeds", "seeds", "height", "width", "steps", "guidance_scale",
-                           "guidance_cutoff"}
+                           "guidance_cutoff", "progress"}
+    assert inputs["progress"].tolist() == [False]  # no progress callback: the loop sends only its latents
     # the loop's final latents go to the decoder, whose images come back: one per seed, in seed order
     assert backend.args("decode")[0]["latents"].shape == (3, LATENT, 8, 12)
     assert images.shape == (3, 64, 96, 3) and images.dtype == np.uint8
@@ -277,6 +278,35 @@ def test_at_most_max_faces_are_detailed_largest_first():
     assert backend.args("denoise")[0]["inputs"]["seeds"].tolist() == [70, 71]
     x0, y0, x1, y1 = THIRD
     assert not result.mask[y0:y1, x0:x1].any()
+
+
+def test_a_stream_left_by_a_cancelled_caller_is_closed_before_the_error_goes_on():
+    """The caller's request must not end while its child stream still delivers (Triton's Python backend corrupted
+    the caller's heap): denoise_stream closes the stream before the progress callback's error leaves it."""
+    from portrait.stages import denoise_stream
+
+    events = []
+
+    class Backend:
+        def denoise(self, inputs):
+            assert "progress" not in inputs  # a progress callback: the steps are streamed
+            try:
+                for step in range(1, 4):
+                    yield {"step": np.array([step]), "num_steps": np.array([3])}
+                yield {"latents": np.zeros(1)}
+            finally:
+                events.append("closed")
+
+    def progress(step, total):
+        if step == 2:
+            raise RuntimeError("cancelled by the client")
+
+    with pytest.raises(RuntimeError, match="cancelled"):
+        try:
+            denoise_stream(Backend(), {}, progress)
+        finally:
+            events.append("error leaves")
+    assert events == ["closed", "error leaves"]
 
 
 def test_stage2_negative_zeros_rule_and_progress():
