@@ -49,6 +49,15 @@ class Response:
 class Sender:
     def __init__(self):
         self.responses, self.final, self.threads = [], threading.Event(), set()
+        self.cancel_threads: set[str] = set()
+        self.cancel_after: int | None = None  # is_cancelled() answers True from this call on
+
+    def is_cancelled(self):  # the response sender answers for its request (python_backend's ResponseSender)
+        self.cancel_threads.add(threading.current_thread().name)
+        if self.cancel_after is None:
+            return False
+        self.cancel_after -= 1
+        return self.cancel_after < 0
 
     def send(self, response=None, flags=0):
         self.threads.add(threading.current_thread().name)
@@ -61,18 +70,12 @@ class Request:
     def __init__(self, inputs: dict[str, np.ndarray]):
         self.inputs = {k: Tensor(k, v) for k, v in inputs.items()}
         self.sender = Sender()
-        self.cancel_threads: set[str] = set()
-        self.cancel_after: int | None = None  # is_cancelled() answers True from this call on
 
     def get_response_sender(self):
         return self.sender
 
     def is_cancelled(self):
-        self.cancel_threads.add(threading.current_thread().name)
-        if self.cancel_after is None:
-            return False
-        self.cancel_after -= 1
-        return self.cancel_after < 0
+        return self.sender.is_cancelled()
 
     def parameters(self):
         return "{}"
@@ -196,8 +199,8 @@ def test_the_scheduler_thread_makes_no_round_trip_to_the_server(denoise_model, s
     for request in requests:
         assert request.sender.responses[-1].error_value is None
         assert request.sender.threads == {"courier"}
-        assert request.cancel_threads <= {"courier"}
-    assert any(r.cancel_threads for r in requests), "is_cancelled was never asked: cancellation would be missed"
+        assert request.sender.cancel_threads <= {"courier"}
+    assert any(r.sender.cancel_threads for r in requests), "is_cancelled was never asked: cancellation would be missed"
 
 
 def test_progress_false_sends_only_the_final_latents(denoise_model, sdxl_dir):
@@ -222,7 +225,7 @@ def test_a_client_that_cancels_gets_cancelled_and_the_others_finish(denoise_mode
 
     dims = UNetDims.read(sdxl_dir)
     gone, stays = Request({**stage1_inputs(dims), "steps": np.array([50], np.int32)}), Request(stage1_inputs(dims, 4))
-    gone.cancel_after = 0
+    gone.sender.cancel_after = 0
     run_requests(denoise_model, [gone, stays])
     error = gone.sender.responses[-1].error_value
     assert error is not None and error.code() == TritonError.CANCELLED and "cancelled by the client" in error.message()
@@ -268,3 +271,29 @@ def test_an_abandoned_bls_stream_stops_its_callee_and_waits_for_its_end(denoise_
     stream.close()
     events.append("closed")
     assert "cancel" in events and events.index("callee ended") < events.index("closed"), events
+
+
+def test_no_thread_but_the_stubs_holds_the_request_object(denoise_model, sdxl_dir):
+    """A request object must be released on the stub's thread: released on a worker thread, Triton's Python backend
+    freed its input tensors twice ("double free or corruption", docs/reliability.md). So nothing `execute` hands to
+    the scheduler or the courier keeps it: once the caller drops it, it is gone while its job still runs."""
+    import gc
+    import weakref
+
+    from portrait.models.unet_runner import UNetDims
+
+    dims = UNetDims.read(sdxl_dir)
+    request = Request({**stage1_inputs(dims), "steps": np.array([40], np.int32)})
+    sender, alive = request.sender, weakref.ref(request)
+    model = denoise_model.TritonPythonModel()
+    model.initialize({"model_name": "denoise", "model_config": json.dumps({"parameters": {}})})
+    try:
+        model.execute([request])
+        del request
+        gc.collect()
+        assert alive() is None, "a thread of the model still holds the request object"
+        assert not sender.final.is_set(), "the job ended before the check: the test proves nothing"
+        assert sender.final.wait(120)
+    finally:
+        model.finalize()
+    assert sender.responses[-1].error_value is None

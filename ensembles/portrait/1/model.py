@@ -5,6 +5,7 @@ import secrets
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +23,16 @@ STAGE1 = MODELS["portrait"].fields_of(Stage1Params)
 STAGE2 = tuple(n for n in MODELS["portrait"].fields if n not in STAGE1)
 
 
+@dataclass(frozen=True)
+class Call:
+    """What a worker thread needs of a request, taken on the stub's thread (the request object stays there)."""
+
+    sender: object  # the request's response sender (its is_cancelled answers for the request)
+    trace: object
+    values: dict
+    identity_arrays: list  # IDENTITY_INPUT_NAMES' arrays (copies), None where absent
+
+
 class TritonPythonModel:
     def initialize(self, args):
         triton_io.setup(args)
@@ -32,34 +43,56 @@ class TritonPythonModel:
 
     def execute(self, requests):
         # each request runs in its own daemon thread (as Triton's decoupled examples): execute returns at once,
-        # and a stub shutting down is never held by a worker thread
+        # and a stub shutting down is never held by a worker thread. The worker gets the request's values, its
+        # response sender and its trace, never the request object: a request released on a worker thread freed its
+        # input tensors' memory there while the stub's own thread did too ("double free or corruption", the stub
+        # dead under 12 streams with cancellations; docs/reliability.md)
         for request in requests:
             with self.lock:
                 self.in_flight += 1
-            threading.Thread(target=self.run_in_slot, args=(request, triton_io.Tracked()), daemon=True).start()
+            tracked, sender = triton_io.Tracked(), request.get_response_sender()
+            try:
+                triton_io.refuse_if_draining(request)
+                call = Call(sender, request.trace(),
+                            {k: triton_io.get_scalar(request, k) for k in (*STAGE1, *STAGE2, "detail")},
+                            [None if (a := triton_io.get_array(request, n)) is None else np.array(a)
+                             for n in IDENTITY_INPUT_NAMES])
+            except Exception as error:
+                self.answer_error(sender, tracked, error)
+                with self.lock:
+                    self.in_flight -= 1
+                continue
+            threading.Thread(target=self.run_in_slot, args=(call, tracked), daemon=True).start()
+
+    @staticmethod
+    def answer_error(sender, tracked, error) -> None:
+        try:
+            sender.send(tracked.failed(error), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception:  # a cancelled request may refuse responses; there is nobody left to tell
+            pass
 
     def finalize(self):
         deadline = time.monotonic() + 10
         while self.in_flight and time.monotonic() < deadline:
             time.sleep(0.1)
 
-    def run_in_slot(self, request, tracked: triton_io.Tracked):
+    def run_in_slot(self, call: "Call", tracked: triton_io.Tracked):
         try:
             with self.slots:
-                self.run(request, tracked)
+                self.run(call, tracked)
         finally:
             with self.lock:
                 self.in_flight -= 1
 
-    def run(self, request, tracked: triton_io.Tracked):
+    def run(self, call: "Call", tracked: triton_io.Tracked):
         """Every stream ends with one final response: the result, or the error (counted and logged there)."""
-        sender = request.get_response_sender()
+        sender, values = call.sender, dict(call.values)
         job = uuid.uuid4().hex
-        backend = triton_io.BlsBackend(job_id=job, trace=request.trace())
+        backend = triton_io.BlsBackend(job_id=job, trace=call.trace)
 
         def reporter(stage: str):
             def report(step: int, total: int) -> None:
-                if request.is_cancelled():
+                if sender.is_cancelled():
                     request_cancel(job)  # stops the denoise loop this request started
                     raise Cancelled(f"cancelled by the client during {stage}, step {step} of {total}")
                 sender.send(pb.InferenceResponse([
@@ -68,15 +101,13 @@ class TritonPythonModel:
             return report
 
         try:
-            triton_io.refuse_if_draining(request)
-            values = {k: triton_io.get_scalar(request, k) for k in (*STAGE1, *STAGE2, "detail")}
             if values["seed"] is None:
                 values["seed"] = secrets.randbelow(2**31)
             size = self.info.default_size
             base_params = Stage1Params.from_mapping({k: values[k] for k in STAGE1}, {"width": size, "height": size})
             stage2 = {"work_size": size, **{k: values[k] for k in STAGE2 if values[k] is not None}}
             detail_params = detail_params_for(base_params, **stage2) if values["detail"] is not False else None
-            people = FaceIdentities.from_arrays(*(triton_io.get_array(request, n) for n in IDENTITY_INPUT_NAMES))
+            people = FaceIdentities.from_arrays(*call.identity_arrays)
             identities = []
             if detail_params is None and (people.count or people.face_prompts):
                 raise InvalidInput("id_images" if people.count else "face_prompts",
@@ -105,7 +136,4 @@ class TritonPythonModel:
                 flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             tracked.succeeded()
         except Exception as error:
-            try:
-                sender.send(tracked.failed(error), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            except Exception:  # a cancelled request may refuse responses; there is nobody left to tell
-                pass
+            self.answer_error(sender, tracked, error)

@@ -86,7 +86,9 @@ class TritonPythonModel:
         except Exception as error:
             fail(error)
             return
-        courier.watch(key, lambda: request.is_cancelled() or cancel_requested(job_id))
+        # the sender answers for its request: no closure here holds the request object, which must be released on
+        # the stub's thread (released on another it freed its tensors twice: docs/reliability.md)
+        courier.watch(key, lambda: sender.is_cancelled() or cancel_requested(job_id))
         deadline = self.settings.request_deadline
         self.scheduler.submit(Job(lambda: denoise_loop(arrays, scalars, self.info, self.dims),
                                   progress if wants_progress else lambda step, num_steps: None, done, fail,
