@@ -273,8 +273,61 @@ def bls(model: str, inputs: dict[str, np.ndarray], outputs: list[str], trace=Non
     return read_response(_next(_in_thread(call), model, timeout), outputs, model)
 
 
+# Decoupled BLS streams' response iterators, held here once finished until the stub has dropped its own reference.
+# Why: this Triton's python_backend (r24.10) keeps each iterator also in the stub's `response_iterator_map_`; when
+# the stream ends it queues a cleanup that erases that entry on the stub's C++ stub-to-parent thread, which holds no
+# GIL. If Python had already dropped the iterator, that erase destroys it there, with every response it kept, and
+# their numpy arrays are freed without the GIL (`PbTensor::~PbTensor`; fixed upstream in r25.01, python_backend
+# #390, "Hold GIL when deleting numpy array"): the heap corruption that killed the `portrait` stub under long stress
+# (docs/reliability.md). Held here, Python's reference is the last one, and it is dropped by `settle`, on a Python
+# thread, after a round trip through that same queue has proved the erase done.
+_retired: list = []
+_retired_lock = threading.Lock()
+RETIRED_WARN = 1000  # finished streams waiting for a settle: many means no request has settled for a while
+
+
+def _retire(responses) -> None:
+    with _retired_lock:
+        _retired.append(responses)
+        waiting = len(_retired)
+    if waiting == RETIRED_WARN:
+        log.warning("%d finished BLS streams wait to be released: no request has settled them", waiting)
+
+
+def retired_count() -> int:
+    with _retired_lock:
+        return len(_retired)
+
+
+def settle(is_cancelled: Callable[[], bool] | None) -> int:
+    """Release the finished streams retired so far, once the stub has erased its own references to them; returns
+    how many were released.
+
+    `is_cancelled` is a live request's cancel check (`request.is_cancelled` or its response sender's). Answered
+    False, it went to the server through the stub's one stub-to-parent queue, which handles its messages in order:
+    the cleanups queued when those streams ended (before they were retired) were done first. Answered True, it may
+    have come from the stub's cache without that round trip, so nothing is released (a later request settles)."""
+    if is_cancelled is None:
+        return 0
+    with _retired_lock:
+        count = len(_retired)
+    if not count:
+        return 0
+    try:
+        if is_cancelled():
+            return 0
+    except Exception:  # a request already answered: no proof either
+        return 0
+    with _retired_lock:
+        released = _retired[:count]
+        del _retired[:count]
+    del released  # the last references, dropped here with the GIL (outside the lock: a destructor may wait)
+    return count
+
+
 def bls_stream(model: str, inputs: dict[str, np.ndarray], outputs: list[str], trace=None,
-               on_abandon: Callable[[], None] | None = None) -> Iterator[dict[str, np.ndarray]]:
+               on_abandon: Callable[[], None] | None = None,
+               fence: Callable[[], bool] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """A BLS call to a decoupled model: yields each response's outputs, in order; each response must come within
     PORTRAIT_BLS_TIMEOUT of the previous one.
 
@@ -283,17 +336,26 @@ def bls_stream(model: str, inputs: dict[str, np.ndarray], outputs: list[str], tr
     must not finish its own request while a child stream still delivers into it: in Triton's Python backend that
     corrupted the caller stub's heap (`malloc_consolidate(): unaligned fastbin chunk detected`, the `portrait` stub
     dying under 12 streams with cancellations, docs/reliability.md). Close it with `contextlib.closing` or
-    `close()` before answering."""
+    `close()` before answering.
+
+    The stream's iterator is retired when it ends and released by `settle(fence)` once the stream is over (`fence`:
+    the calling request's `is_cancelled`); see `_retired`."""
     timeout = bls_timeout()
     request = bls_request(model, inputs, outputs, timeout, trace)
     done = object()
 
     def pump(box: queue.Queue) -> None:
+        responses = None
         try:
-            for response in request.exec(decoupled=True):
+            responses = request.exec(decoupled=True)
+            for response in responses:
                 box.put((True, response))
+            _retire(responses)  # before `done`: the caller's settle after `done` covers it
+            responses = None
             box.put((True, done))
         except BaseException as error:
+            if responses is not None:
+                _retire(responses)
             box.put((False, error))
 
     box = _in_thread(pump)
@@ -309,9 +371,12 @@ def bls_stream(model: str, inputs: dict[str, np.ndarray], outputs: list[str], tr
                     on_abandon()
                 except Exception:
                     log.warning("could not stop the %s stream", model, exc_info=True)
-            if not _drain(box, done, time.monotonic() + timeout):
+            if _drain(box, done, time.monotonic() + timeout):
+                settle(fence)
+            else:
                 log.warning("%s did not end its stream within %g s of being abandoned", model, timeout)
             raise
+    settle(fence)
 
 
 def _drain(box: queue.Queue, done: object, deadline: float) -> bool:
@@ -331,13 +396,15 @@ class BlsBackend:
 
     TEXT = ["prompt_embeds", "pooled_prompt_embeds", "token_count"]
 
-    def __init__(self, job_id: str | None = None, trace=None):
+    def __init__(self, job_id: str | None = None, trace=None, fence: Callable[[], bool] | None = None):
         self.job_id = job_id  # passed to denoise so a cancelled caller can stop its loop (portrait/serving/cancel.py)
         self.trace = trace  # the calling request's request.trace(): every call below is a child span of it
+        self.fence = fence  # the calling request's is_cancelled: settles finished streams (bls_stream, settle)
 
-    def traced(self, trace) -> BlsBackend:
-        """This backend for one request: its calls carry that request's trace (`request.trace()`)."""
-        return BlsBackend(self.job_id, trace)
+    def for_request(self, request) -> BlsBackend:
+        """This backend for one request: its calls carry that request's trace, and its `is_cancelled` settles the
+        streams they finish."""
+        return BlsBackend(self.job_id, request.trace(), request.is_cancelled)
 
     def encode_text(self, prompt: str) -> dict[str, np.ndarray]:
         return bls("text_encoder", {"prompt": np.array([[prompt.encode("utf-8")]], dtype=object)}, self.TEXT,
@@ -363,7 +430,8 @@ class BlsBackend:
         if self.job_id is not None:
             inputs = {**inputs, "job_id": np.array([self.job_id.encode()], dtype=object)}
             stop = functools.partial(request_cancel, self.job_id)  # abandoned: the loop stops within a poll
-        return bls_stream("denoise", inputs, ["latents", "step", "num_steps"], trace=self.trace, on_abandon=stop)
+        return bls_stream("denoise", inputs, ["latents", "step", "num_steps"], trace=self.trace, on_abandon=stop,
+                          fence=self.fence)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         return bls("vae_decoder", {"latents": latents}, ["image"], trace=self.trace)["image"]

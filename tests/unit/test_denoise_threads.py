@@ -273,6 +273,54 @@ def test_an_abandoned_bls_stream_stops_its_callee_and_waits_for_its_end(denoise_
     assert "cancel" in events and events.index("callee ended") < events.index("closed"), events
 
 
+def test_a_finished_bls_stream_is_released_only_after_a_round_trip(denoise_model, monkeypatch):
+    """python_backend r24.10 erases a finished stream's iterator from its own map on a C++ thread without the GIL;
+    if Python had dropped it first, the responses' numpy arrays were freed there (the `portrait` stub's heap
+    corruption). So bls_stream retires the iterator, and `settle` drops it only after the request's `is_cancelled`
+    answered False (a round trip through the queue that carries those erases); True may be the stub's cache."""
+    import gc
+    import weakref
+
+    import portrait.serving.triton_io as triton_io
+
+    iterators = []
+
+    class Request:
+        def exec(self, decoupled):
+            def responses():
+                yield from (BlsResponse(step) for step in (1, 2, 3))
+            iterators.append(responses())
+            return iterators[-1]
+
+    monkeypatch.setattr(triton_io, "bls_request", lambda *a, **k: Request())
+    monkeypatch.setattr(triton_io.pb_utils, "get_output_tensor_by_name",
+                        lambda response, name: Tensor(name, np.array([response.step])), raising=False)
+    answers = []
+
+    def is_cancelled():
+        return answers.pop(0)
+
+    answers.append(True)  # a cancelled request: maybe no round trip, so it proves nothing
+    assert [o["step"].tolist() for o in triton_io.bls_stream("denoise", {}, ["step"], fence=is_cancelled)] == [[1], [2], [3]]
+    first = weakref.ref(iterators.pop())
+    gc.collect()
+    assert first() is not None and triton_io.retired_count() == 1 and not answers
+    answers.append(False)  # the next stream's request is live: its round trip settles both
+    stream = triton_io.bls_stream("denoise", {}, ["step"], fence=is_cancelled)
+    assert next(stream)["step"].tolist() == [1]
+    stream.close()  # abandoned: drained to its end, then settled
+    second = weakref.ref(iterators.pop())
+    gc.collect()
+    assert first() is None and second() is None and triton_io.retired_count() == 0 and not answers
+
+    def broken():
+        raise RuntimeError("the request was already answered")
+
+    list(triton_io.bls_stream("denoise", {}, ["step"], fence=broken))  # no proof: kept
+    assert triton_io.retired_count() == 1
+    assert triton_io.settle(None) == 0 and triton_io.settle(lambda: False) == 1 and triton_io.retired_count() == 0
+
+
 def test_no_thread_but_the_stubs_holds_the_request_object(denoise_model, sdxl_dir):
     """A request object must be released on the stub's thread: released on a worker thread, Triton's Python backend
     freed its input tensors twice ("double free or corruption", docs/reliability.md). So nothing `execute` hands to

@@ -88,7 +88,7 @@ class TritonPythonModel:
         """Every stream ends with one final response: the result, or the error (counted and logged there)."""
         sender, values = call.sender, dict(call.values)
         job = uuid.uuid4().hex
-        backend = triton_io.BlsBackend(job_id=job, trace=call.trace)
+        backend = triton_io.BlsBackend(job_id=job, trace=call.trace, fence=sender.is_cancelled)
 
         def reporter(stage: str):
             def report(step: int, total: int) -> None:

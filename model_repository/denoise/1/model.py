@@ -92,7 +92,9 @@ class TritonPythonModel:
         deadline = self.settings.request_deadline
         self.scheduler.submit(Job(lambda: denoise_loop(arrays, scalars, self.info, self.dims),
                                   progress if wants_progress else lambda step, num_steps: None, done, fail,
-                                  cancelled=lambda: courier.cancelled(key),
+                                  # the flag file is read every step (a stat): a cancelled caller stops the loop at
+                                  # the next step, not the courier's next poll
+                                  cancelled=lambda: courier.cancelled(key) or cancel_requested(job_id),
                                   deadline=time.monotonic() + deadline if deadline > 0 else None))
 
     def finalize(self):

@@ -40,7 +40,7 @@ class TritonPythonModel:
         people.check_with(params.max_faces, params.assign, params.prompt)
         if people.count:
             metrics.identity_request(triton_io.model_name())
-        backend = self.backend.traced(request.trace())
+        backend = self.backend.for_request(request)
         identities = prepare_identities(backend, people, params.prompt)
         result = detail_faces(backend, image, params, self.info.force_zeros_for_empty_prompt, identities=identities,
                               face_prompts=people.face_prompts)

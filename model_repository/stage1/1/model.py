@@ -29,7 +29,7 @@ class TritonPythonModel:
         if values["seed"] is None:
             values["seed"] = secrets.randbelow(2**31)  # reported back in `seeds`
         params = Stage1Params.from_mapping(values, self.defaults)
-        images, truncated = generate_base(self.backend.traced(request.trace()), params, self.info.force_zeros_for_empty_prompt)
+        images, truncated = generate_base(self.backend.for_request(request), params, self.info.force_zeros_for_empty_prompt)
         return triton_io.pb_utils.InferenceResponse([
             triton_io.tensor("images", images),
             triton_io.tensor("seeds", np.array(params.seeds, np.int64)),
