@@ -1,7 +1,7 @@
 """The CI-sized stress run (issue 20): concurrent portrait streams and face_detailer calls, a tenth of the streams
 cancelled by their client, and the HTTP inputs that used to abort tritonserver sent in between, against `portrait
 serve` exactly as an operator runs it. No good request may fail and the server may not restart. The full run is
-`make stress` (12 streams x 500 requests); docs/reliability.md has its figures."""
+`make stress` (12 streams x 3000 requests); docs/reliability.md has its figures."""
 
 from __future__ import annotations
 
