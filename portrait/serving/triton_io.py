@@ -345,17 +345,16 @@ def bls_stream(model: str, inputs: dict[str, np.ndarray], outputs: list[str], tr
     done = object()
 
     def pump(box: queue.Queue) -> None:
-        responses = None
         try:
             responses = request.exec(decoupled=True)
             for response in responses:
                 box.put((True, response))
-            _retire(responses)  # before `done`: the caller's settle after `done` covers it
-            responses = None
+            # ended: retired before `done`, so the caller's settle after `done` covers it. (A stream that raised
+            # midway is not retired: unfinished, the stub keeps it in its map, and a destructor would wait for its end.)
+            _retire(responses)
+            del responses
             box.put((True, done))
         except BaseException as error:
-            if responses is not None:
-                _retire(responses)
             box.put((False, error))
 
     box = _in_thread(pump)
