@@ -332,11 +332,9 @@ def bls_stream(model: str, inputs: dict[str, np.ndarray], outputs: list[str], tr
     PORTRAIT_BLS_TIMEOUT of the previous one.
 
     Closed before its end (the caller stopped reading: a cancelled client, an error), it calls `on_abandon` (e.g.
-    raise the callee's cancel flag) and waits, up to PORTRAIT_BLS_TIMEOUT, for the callee's last response. A caller
-    must not finish its own request while a child stream still delivers into it: in Triton's Python backend that
-    corrupted the caller stub's heap (`malloc_consolidate(): unaligned fastbin chunk detected`, the `portrait` stub
-    dying under 12 streams with cancellations, docs/reliability.md). Close it with `contextlib.closing` or
-    `close()` before answering.
+    raise the callee's cancel flag) and waits, up to PORTRAIT_BLS_TIMEOUT, for the callee's last response: a caller
+    does not answer its own request while a child stream still works and delivers for it, and only a stream whose
+    end was seen can be released safely (below). Close it with `contextlib.closing` or `close()` before answering.
 
     The stream's iterator is retired when it ends and released by `settle(fence)` once the stream is over (`fence`:
     the calling request's `is_cancelled`); see `_retired`."""
@@ -428,7 +426,7 @@ class BlsBackend:
         stop = None
         if self.job_id is not None:
             inputs = {**inputs, "job_id": np.array([self.job_id.encode()], dtype=object)}
-            stop = functools.partial(request_cancel, self.job_id)  # abandoned: the loop stops within a poll
+            stop = functools.partial(request_cancel, self.job_id)  # abandoned: the loop stops at its next step
         return bls_stream("denoise", inputs, ["latents", "step", "num_steps"], trace=self.trace, on_abandon=stop,
                           fence=self.fence)
 
