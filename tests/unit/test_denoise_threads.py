@@ -243,8 +243,8 @@ class BlsResponse:
 
 def test_an_abandoned_bls_stream_stops_its_callee_and_waits_for_its_end(denoise_model, monkeypatch):
     """bls_stream closed early (a cancelled client) raises the callee's cancel flag and returns only once the callee's
-    stream has ended: a caller must not finish its request while a child stream still delivers into it (that
-    corrupted the `portrait` stub's heap under load with cancellations)."""
+    stream has ended: a caller does not answer its request while a child stream still works for it, and only an
+    ended stream can be released safely (the next test)."""
     import time
 
     import portrait.serving.triton_io as triton_io
