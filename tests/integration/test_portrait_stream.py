@@ -83,6 +83,7 @@ def test_cancel_stops_within_a_step_and_the_server_serves_on(grpc_client, server
     from clients import connect
 
     seen = []
+    wait_scheduler_idle(server)  # the step counter below counts this request's steps alone
     with connect(server.grpc_url) as client:
         stream = client.stream("portrait", {
             "prompt": ("BYTES", np.array([b"portrait"], dtype=object)), "width": ("INT32", np.array([256], np.int32)),
