@@ -9,7 +9,7 @@ per tick, with the cores idle. The courier takes both off that thread:
 - `post(key, send)`: a send, in order (FIFO over all keys), e.g. a request's final response;
 - `post_progress(key, send)`: a progress message; one still waiting for the same key is replaced (only the newest
   step matters to a client, and a slow server never builds a backlog of stale ones);
-- `watch(key, check)`: a cancel check (the client's `is_cancelled`, the job's cancel flag), polled every
+- `watch(key, check)`: a cancel check (e.g. the client's `is_cancelled`), polled every
   `poll_interval` seconds while the key is open; `cancelled(key)` reads the answer without a round trip;
 - a send that raises (the client's stream is gone) marks its key cancelled, so the scheduler stops computing for it;
 - `finish(key, send)`: the key's final response; its polling stops before it is sent, so nothing is asked about a

@@ -643,8 +643,7 @@ class Supervisor:
 
         self.server.start(self.start_timeout, abort=abort)
         stubs = self.server.stubs()
-        self.expected = {s.pid for s in stubs}
-        self.instances = {s.pid: s.instance for s in stubs}  # a dead stub's name: it is gone from /proc
+        self.expected = {s.pid: s.instance for s in stubs}  # pid -> instance: a dead stub's name is gone from /proc
         wanted = self.server.expected_stubs()
         # fewer than configured: one died while the others loaded (Triton's readiness does not see that)
         self.missing = wanted - len(stubs)
@@ -667,8 +666,7 @@ class Supervisor:
         for pid in sorted(self.expected):
             stub = alive.get(pid)
             if stub is None or stub.state in ("Z", "X"):
-                name = stub.instance if stub else getattr(self, "instances", {}).get(pid, "?")
-                return f"Python-backend stub {pid} ({name}, {'a zombie' if stub else 'gone'}) died"
+                return f"Python-backend stub {pid} ({self.expected[pid]}, {'a zombie' if stub else 'gone'}) died"
             if stub.state in ("T", "t"):
                 return f"Python-backend stub {pid} ({stub.instance}) is stopped (wedged)"
         return None

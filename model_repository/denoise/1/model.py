@@ -88,7 +88,7 @@ class TritonPythonModel:
             return
         # the sender answers for its request: no closure here holds the request object, which must be released on
         # the stub's thread (released on another it freed its tensors twice: docs/reliability.md)
-        courier.watch(key, lambda: sender.is_cancelled() or cancel_requested(job_id))
+        courier.watch(key, sender.is_cancelled)  # the job's flag file is read by the loop itself, below
         deadline = self.settings.request_deadline
         self.scheduler.submit(Job(lambda: denoise_loop(arrays, scalars, self.info, self.dims),
                                   progress if wants_progress else lambda step, num_steps: None, done, fail,
