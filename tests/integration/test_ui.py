@@ -410,7 +410,7 @@ def test_real_browser_toolbar_addresses_wall_and_production(wall_app):
     the width, loads its next page as its end scrolls into view (no click), shows a new save without a reload; a
     tile opens its production (base, mask, final, prompt, parameters, identity photo) and "Use these settings"
     fills Create."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     from ui.common import WALL_PAGE
 
@@ -465,9 +465,13 @@ def test_real_browser_toolbar_addresses_wall_and_production(wall_app):
         page.get_by_text("Identity photos").wait_for(timeout=30_000)
         page.get_by_role("button", name="Use these settings").click()
         page.get_by_role("button", name="Generate").wait_for(timeout=60_000)
-        assert page.get_by_label(re.compile("^Prompt")).input_value() == "portrait of a person img, freshly saved"
-        assert page.get_by_label("Steps", exact=True).input_value() == "7"
-        assert page.get_by_label("Seed", exact=True).input_value() == "77"
+        page.get_by_text(f"The prompt and parameters of production {fresh.id} are filled in below").wait_for()
+        # Streamlit renders the page's elements as they arrive: a text area can show empty for a moment before its
+        # value does, so wait for the values (expect retries) rather than read them once
+        expect(page.get_by_label(re.compile("^Prompt"))).to_have_value("portrait of a person img, freshly saved",
+                                                                      timeout=30_000)
+        expect(page.get_by_label("Steps", exact=True)).to_have_value("7")
+        expect(page.get_by_label("Seed", exact=True)).to_have_value("77")
         browser.close()
 
 
