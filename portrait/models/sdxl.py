@@ -67,7 +67,8 @@ def load_unet(sdxl_dir: Path, device: str = "cpu", photomaker_file: Path | None 
     if storage is None:
         # device and dtype in one pass, tensor by tensor: the whole fp32 UNet never sits on the GPU (`.to(device)`
         # then `.to(float16)` peaked at 9.65 GiB for SDXL on an H200 and left 9.94 GiB reserved; one pass: 4.88 / 5.03)
-        return unet.to(device=device, dtype=torch_dtype(device)).eval()
+        dtype = torch_dtype(device)
+        return (unet.to(device) if dtype == unet.dtype else unet.to(device=device, dtype=dtype)).eval()
     unet = unet.to(device)
     if device == "cpu":
         return_freed_memory()

@@ -211,3 +211,17 @@ def test_no_carried_diffusers_needed_where_it_is_installed():
     done = subprocess.run([sys.executable, "-c", f"import importlib.machinery as m; g = m.SourceFileLoader('g', {str(SCRIPT)!r})"
                            ".load_module(); print(g.ensure_diffusers(None))"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0 and done.stdout.strip(), done.stderr[-2000:]
+
+
+def test_gpu_pipeline_check_rehearses_on_cpu(models_dir, tmp_path):
+    """scripts/gpu_pipeline_check (stage 1 and the ID encoder, device against CPU) runs to its end here, comparing the
+    CPU with itself: exactly equal, so a real difference on the GPU is the GPU's."""
+    out = tmp_path / "pipeline_check.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_pipeline_check"), "--device", "cpu",
+                           "--models", str(models_dir), "--size", "64", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    stage1, identity = report["phases"]["stage1"]["result"], report["phases"]["id_encoder"]["result"]
+    assert report["ok"] and stage1["shape"] == [2, 64, 64, 3]
+    assert stage1["pixel_abs_diff_max"] == 0 and identity["relative_l2_error"] == 0.0

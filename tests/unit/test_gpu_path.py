@@ -50,8 +50,10 @@ def test_unet_override_replaces_only_the_unet(tmp_path):
 def test_the_unet_moves_to_its_device_and_dtype_in_one_pass(sdxl_dir, monkeypatch):
     """`.to(device)` then `.to(float16)` put the whole fp32 UNet on the GPU first: 9.65 GiB peak and 9.94 GiB left
     reserved for SDXL on an H200, against 4.88 / 5.03 GiB in one pass (docs/memory.md, scripts/gpu_load_peak). No
-    GPU here, so the calls are what is checked: every move to a device also names the dtype."""
+    GPU here, so the calls are what is checked: a move that casts (fp16 standing in for the GPU's dtype) is one call."""
     from diffusers import UNet2DConditionModel
+
+    import portrait.models.sdxl as sdxl
 
     moves = []
     real_to = UNet2DConditionModel.to
@@ -61,6 +63,9 @@ def test_the_unet_moves_to_its_device_and_dtype_in_one_pass(sdxl_dir, monkeypatc
         return real_to(self, *args, **kwargs)
 
     monkeypatch.setattr(UNet2DConditionModel, "to", recording_to)
-    unet = load_unet(sdxl_dir, "cpu")
-    assert moves == [((), {"device": "cpu", "dtype": torch.float32})]
-    assert next(unet.parameters()).dtype == torch.float32
+    assert next(load_unet(sdxl_dir, "cpu").parameters()).dtype == torch.float32
+    assert moves == [(("cpu",), {})]  # nothing to cast: no dtype (diffusers warns about any dtype given to `.to`)
+    moves.clear()
+    monkeypatch.setattr(sdxl, "torch_dtype", lambda device: torch.float16)
+    assert next(load_unet(sdxl_dir, "cpu").parameters()).dtype == torch.float16
+    assert moves == [((), {"device": "cpu", "dtype": torch.float16})]
