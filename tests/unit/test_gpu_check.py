@@ -86,8 +86,8 @@ def test_the_gpu_run_is_planned_inside_eight_minutes():
 
 
 def test_the_in_process_baseline_waits_for_a_warm_device():
-    """The first GPU run's in-process baseline was timed on a cold device (1.24 s a request, then 0.80 s served in the
-    same run): the warm-up now runs until two requests take the same time within 5 %."""
+    """The first GPU run timed its in-process baseline after one warm-up request (on a fresh H200 the first request
+    took 2.9 s, the next 1.2-1.6 s): the warm-up now runs until two requests take the same time within 5 %."""
     import importlib.machinery
 
     gpu_check = importlib.machinery.SourceFileLoader("gpu_check_warm", str(SCRIPT)).load_module()
